@@ -1,0 +1,182 @@
+"""Job parameters: the one definition shared by the API and the worker.
+
+Importable without torch. Every default here is the one in SPEC.md; every number has bounds, so a
+request that passes validation can run. The engine takes these models as its configuration, and
+every result echoes the spec it ran with (``model_dump()``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_MODEL = "efficientnet_lite0"
+DEFAULT_GRAY_LEVELS: tuple[int, ...] = (*range(0, 251, 10), 255)
+MAX_TARGETS = 64
+MAX_MODELS = 4
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+Target = Annotated[int | str, Field(description="class index or case-insensitive class name")]
+
+
+class Operation(_Frozen):
+    """One step of a transformation schedule, applied ``repeat`` times in a row.
+
+    ``rotate``: ``value`` degrees counter-clockwise about the center. ``scale``: ``value`` is the
+    zoom factor about the center (> 1 enlarges). ``flip_h`` / ``flip_v``: no value.
+    """
+
+    op: Literal["rotate", "scale", "flip_h", "flip_v"]
+    value: float | None = Field(default=None, description="degrees for rotate, factor for scale")
+    repeat: int = Field(default=1, ge=1, le=360)
+
+    @model_validator(mode="after")
+    def _check_value(self) -> Operation:
+        if self.op == "rotate":
+            if self.value is None or not -360.0 <= self.value <= 360.0:
+                raise ValueError("rotate needs a value in degrees between -360 and 360")
+        elif self.op == "scale":
+            if self.value is None or not 0.25 <= self.value <= 4.0:
+                raise ValueError("scale needs a factor between 0.25 and 4")
+        elif self.value is not None:
+            raise ValueError(f"{self.op} takes no value")
+        return self
+
+
+def default_schedule() -> list[Operation]:
+    """The paper's schedule: rotate by 10 degrees, 36 times (one full turn)."""
+    return [Operation(op="rotate", value=10.0, repeat=36)]
+
+
+def expand_schedule(schedule: list[Operation]) -> list[Operation]:
+    """The schedule with every ``repeat`` unrolled: one operation per round."""
+    out: list[Operation] = []
+    for op in schedule:
+        out.extend([op.model_copy(update={"repeat": 1})] * op.repeat)
+    return out
+
+
+class OptimizerSettings(_Frozen):
+    """Gradient ascent on the input image with Adam, in pixel units (0..255)."""
+
+    objective: Literal["logit", "log_prob"] = "logit"
+    lr: float = Field(default=4.0, gt=0.0, le=64.0, description="Adam step size in pixel units")
+    beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(default=0.999, ge=0.0, lt=1.0)
+    q_target: float = Field(default=0.99, gt=0.0, lt=1.0)
+    max_steps_per_round: int = Field(default=100, ge=1, le=5000)
+    max_total_steps: int = Field(default=3000, ge=1, le=100_000)
+
+
+class TransformTests(_Frozen):
+    """The fixed views under which each round's result is evaluated."""
+
+    rotations: list[float] = Field(
+        default_factory=lambda: [float(a) for a in range(0, 360, 30)], max_length=72
+    )
+    scales: list[float] = Field(default_factory=lambda: [0.9, 1.1], max_length=16)
+
+    @field_validator("scales")
+    @classmethod
+    def _scales_in_range(cls, v: list[float]) -> list[float]:
+        for s in v:
+            if not 0.25 <= s <= 4.0:
+                raise ValueError(f"test scales must be between 0.25 and 4, got {s}")
+        return v
+
+
+class StoppingCriterion(_Frozen):
+    """When the round loop may end early; ``off`` runs the whole schedule."""
+
+    kind: Literal["off", "min", "mean"] = "off"
+    threshold: float = Field(default=0.9, ge=0.0, le=1.0)
+
+
+class RandomViews(_Frozen):
+    """Seeded random views for the quality report: rotation and scale drawn uniformly."""
+
+    count: int = Field(default=16, ge=1, le=256)
+    max_rotation: float = Field(default=360.0, ge=0.0, le=360.0)
+    scale_min: float = Field(default=0.8, ge=0.25, le=4.0)
+    scale_max: float = Field(default=1.2, ge=0.25, le=4.0)
+    seed: int = Field(default=1234, ge=0, le=2**63 - 1)
+
+
+class OptimizeSpec(_Frozen):
+    """Everything that decides how one image is optimized (Algorithm 1)."""
+
+    method: Literal["invariant", "vanilla"] = "invariant"
+    schedule: list[Operation] = Field(default_factory=default_schedule, max_length=64)
+    optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
+    tests: TransformTests = Field(default_factory=TransformTests)
+    criterion: StoppingCriterion = Field(default_factory=StoppingCriterion)
+    final_round: bool = True
+    size: int | None = Field(
+        default=None, ge=32, le=512, description="image side in pixels; default: the model's"
+    )
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+
+    def rounds(self) -> list[Operation]:
+        """One operation per round; the vanilla method has none."""
+        return [] if self.method == "vanilla" else expand_schedule(self.schedule)
+
+
+class VisualizeSpec(OptimizeSpec):
+    """``POST /visualize``: one or more targets, optionally on several models."""
+
+    model: str | list[str] = Field(default=DEFAULT_MODEL, description="a model or a list of them")
+    targets: list[Target] = Field(min_length=1, max_length=MAX_TARGETS)
+    initial_gray: int = Field(default=0, ge=0, le=255)
+    judges: list[str] = Field(default_factory=list, max_length=MAX_MODELS)
+    views: RandomViews = Field(default_factory=RandomViews)
+
+    @property
+    def models(self) -> list[str]:
+        return [self.model] if isinstance(self.model, str) else list(self.model)
+
+    @field_validator("model")
+    @classmethod
+    def _models_nonempty(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and not 1 <= len(v) <= MAX_MODELS:
+            raise ValueError(f"give between 1 and {MAX_MODELS} models, got {len(v)}")
+        return v
+
+
+class EntropySettings(_Frozen):
+    """Windows of the local 2D-entropy map and of the second-order map."""
+
+    window: int = Field(default=16, ge=2, le=128)
+    stride: int = Field(default=4, ge=1, le=128)
+    window2: int = Field(default=8, ge=2, le=128)
+    stride2: int = Field(default=2, ge=1, le=128)
+
+
+class SweepSpec(OptimizeSpec):
+    """``POST /entropy-sweep``: one target from many initial gray levels, as one batch."""
+
+    model: str = DEFAULT_MODEL
+    target: Target
+    gray_levels: list[int] = Field(
+        default_factory=lambda: list(DEFAULT_GRAY_LEVELS), min_length=1, max_length=256
+    )
+    entropy: EntropySettings = Field(default_factory=EntropySettings)
+
+    @field_validator("gray_levels")
+    @classmethod
+    def _levels_in_range(cls, v: list[int]) -> list[int]:
+        bad = [g for g in v if not 0 <= g <= 255]
+        if bad:
+            raise ValueError(f"gray levels must be 0..255, got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError("gray levels must not repeat")
+        return v
+
+
+JobKind = Literal["visualize", "sweep", "classify", "screen"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})

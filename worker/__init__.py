@@ -1,0 +1,1 @@
+"""tivis worker: Celery tasks (``tasks``) around the pure engine (``engine``)."""

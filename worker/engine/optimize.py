@@ -1,0 +1,289 @@
+"""Algorithm 1: transformation-invariant visualization by gradient ascent, batched.
+
+Each image of the batch has its own target, its own early stop inside a round, its own Adam state
+and its own step budget, so a batched run gives the same images as running them one by one: only
+the images still being optimized are sent through the model at each step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from specs import OptimizerSettings, OptimizeSpec
+from worker.engine import transforms as T
+from worker.engine.images import check_images, to_uint8
+from worker.engine.models import LoadedModel
+
+Progress = Callable[[int, int, int, float], None]
+"""Called as ``progress(round, rounds, step, q_C)`` after every step; may raise to cancel."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How to run, not what to compute: mixed precision (CUDA only), channels-last, chunking."""
+
+    amp: bool = False
+    channels_last: bool = False
+    eval_chunk: int = 64
+
+
+@dataclass
+class RoundRecord:
+    """One round of one image: steps taken, q_C before and after, the test results after."""
+
+    round: int
+    operation: str | None
+    steps: int
+    q_before: float
+    q_after: float
+    test_min: float | None = None
+    test_mean: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class VisResult:
+    """The outcome for one image: the 8-bit image as float (3, H, W), its trace and tests."""
+
+    image: torch.Tensor
+    target: int
+    initial_gray: float
+    trace: list[RoundRecord] = field(default_factory=list)
+    tests: dict[str, float] = field(default_factory=dict)
+    total_steps: int = 0
+    stopped_by: str = "schedule"
+    q_final: float = 0.0
+
+
+def _forward(model: LoadedModel, x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    if runtime.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if runtime.amp and x.device.type == "cuda":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return model(x).float()
+    return model(x)
+
+
+@torch.no_grad()
+def target_probs(
+    model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, runtime: Runtime | None = None
+) -> torch.Tensor:
+    """Softmax probability of each image's target: x (N, 3, H, W), targets (N,) -> (N,)."""
+    rt = runtime or Runtime()
+    out = []
+    for i in range(0, x.shape[0], rt.eval_chunk):
+        logits = _forward(model, x[i : i + rt.eval_chunk], rt).float()
+        p = logits.softmax(dim=1)
+        out.append(p.gather(1, targets[i : i + rt.eval_chunk, None].to(p.device))[:, 0])
+    return torch.cat(out) if out else torch.zeros(0, device=x.device)
+
+
+def view_probs(
+    model: LoadedModel,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    angles: torch.Tensor,
+    scales: torch.Tensor,
+    runtime: Runtime | None = None,
+) -> torch.Tensor:
+    """Target probability of every image under every view: (B, 3, H, W) -> (B, V)."""
+    b, v = x.shape[0], angles.shape[0]
+    views = T.expand_views(x, angles, scales)
+    return target_probs(model, views, targets.repeat_interleave(v), runtime).view(b, v)
+
+
+@torch.no_grad()
+def topk(model: LoadedModel, x: torch.Tensor, k: int = 5) -> list[list[tuple[int, str, float]]]:
+    """Top-k (index, label, probability) of each image (B, 3, H, W)."""
+    p = _forward(model, x, Runtime()).float().softmax(dim=1)
+    vals, idx = p.topk(min(k, p.shape[1]), dim=1)
+    labels = model.info.labels
+    return [
+        [(int(i), labels[int(i)], float(v)) for v, i in zip(vr, ir, strict=True)]
+        for vr, ir in zip(vals.cpu(), idx.cpu(), strict=True)
+    ]
+
+
+class _Adam:
+    """Adam in pixel units with per-image state, so a finished image stops changing."""
+
+    def __init__(self, x: torch.Tensor, cfg: OptimizerSettings) -> None:
+        self.cfg = cfg
+        self.m = torch.zeros_like(x)
+        self.v = torch.zeros_like(x)
+        self.t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+
+    def step(self, x: torch.Tensor, idx: torch.Tensor, grad: torch.Tensor) -> None:
+        """Ascend along ``grad`` for the images ``idx`` of ``x`` (in place), then clip."""
+        c = self.cfg
+        self.t[idx] += 1
+        t = self.t[idx].to(x.dtype).view(-1, 1, 1, 1)
+        m = self.m[idx].mul_(c.beta1).add_(grad, alpha=1 - c.beta1)
+        v = self.v[idx].mul_(c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
+        self.m[idx], self.v[idx] = m, v
+        m_hat = m / (1 - c.beta1**t)
+        v_hat = v / (1 - c.beta2**t)
+        x[idx] = (x[idx] + c.lr * m_hat / (v_hat.sqrt() + 1e-8)).clamp_(0.0, 255.0)
+
+
+def optimize_round(
+    model: LoadedModel,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    active: torch.Tensor,
+    cfg: OptimizerSettings,
+    max_steps: torch.Tensor,
+    *,
+    runtime: Runtime | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradient ascent on the target until ``q_C > q_target`` or the image's step limit.
+
+    Args:
+        model: the classifier.
+        x: images (B, 3, H, W) in pixel space, updated in place; clipped to 0..255 every step.
+        targets: (B,) class indices.
+        active: (B,) bool, which images take part in this round.
+        cfg: optimizer settings (Adam, lr in pixel units, q_target).
+        max_steps: (B,) long, the most steps each image may take in this round.
+        runtime: precision and memory layout.
+        on_step: called as ``on_step(step, q_C)`` with the lowest q_C still being optimized.
+
+    Returns:
+        steps (B,) long, q_before (B,), q_after (B,) -- zeros for inactive images.
+    """
+    rt = runtime or Runtime()
+    b = x.shape[0]
+    dev = x.device
+    steps = torch.zeros(b, dtype=torch.long, device=dev)
+    q_before = torch.zeros(b, dtype=torch.float64, device=dev)
+    q_after = torch.zeros(b, dtype=torch.float64, device=dev)
+    running = active.clone()
+    adam = _Adam(x, cfg)
+    first = active.clone()
+    step = 0
+    while bool(running.any()):
+        idx = running.nonzero()[:, 0]
+        xr = x[idx].detach().requires_grad_(True)
+        logits = _forward(model, xr, rt).float()
+        logp = logits.log_softmax(dim=1)
+        tg = targets[idx, None]
+        q = logp.gather(1, tg)[:, 0].exp().detach().double()
+        q_after[idx] = q
+        is_first = first[idx]
+        q_before[idx[is_first]] = q[is_first]
+        first[idx] = False
+        done = (q > cfg.q_target) | (steps[idx] >= max_steps[idx])
+        go = ~done
+        running[idx[done]] = False
+        if bool(go.any()):
+            obj = logits.gather(1, tg)[:, 0] if cfg.objective == "logit" else logp.gather(1, tg)[:, 0]
+            (grad,) = torch.autograd.grad(obj[go].sum(), xr)
+            gidx = idx[go]
+            adam.step(x, gidx, grad[go].to(x.dtype))
+            steps[gidx] += 1
+            step += 1
+            if on_step is not None:
+                on_step(step, float(q[go].min()))
+    return steps, q_before, q_after
+
+
+def visualize(
+    model: LoadedModel,
+    initial: torch.Tensor,
+    targets: torch.Tensor,
+    spec: OptimizeSpec,
+    *,
+    runtime: Runtime | None = None,
+    progress: Progress | None = None,
+) -> list[VisResult]:
+    """Algorithm 1 for a batch: optimize, transform, evaluate, round after round, then a last round.
+
+    Args:
+        model: the classifier.
+        initial: starting images (B, 3, H, W) in pixel space (flat gray for the paper's method).
+        targets: (B,) class indices.
+        spec: schedule, optimizer, tests, criterion (``spec.rounds()`` is empty for vanilla,
+            which then runs one long round of up to ``max_total_steps`` steps).
+        runtime: precision and memory layout.
+        progress: called as ``progress(round, rounds, step, q_C)``; may raise to cancel.
+
+    Returns:
+        One result per image, in batch order; each image quantized to 8 bits (the saved PNG).
+    """
+    check_images(initial, "initial")
+    rt = runtime or Runtime()
+    cfg = spec.optimizer
+    x = initial.detach().clone().float().clamp_(0.0, 255.0)
+    b, dev = x.shape[0], x.device
+    targets = targets.to(dev).long()
+    rounds = spec.rounds()
+    n_rounds = len(rounds) + 1  # the schedule's rounds, then the final round
+    names, t_angles, t_scales = T.test_views(spec.tests)
+    results = [
+        VisResult(image=x[i], target=int(targets[i]), initial_gray=float(initial[i].mean()))
+        for i in range(b)
+    ]
+    total = torch.zeros(b, dtype=torch.long, device=dev)
+    in_loop = torch.ones(b, dtype=torch.bool, device=dev)
+
+    def reporter(r: int) -> Callable[[int, float], None] | None:
+        if progress is None:
+            return None
+        return lambda step, q: progress(r, n_rounds, step, q)
+
+    for r, op in enumerate(rounds):
+        budget_left = cfg.max_total_steps - total
+        in_loop &= budget_left > 0
+        for i in (~in_loop).nonzero()[:, 0].tolist():
+            if results[i].stopped_by == "schedule":
+                results[i].stopped_by = "budget"
+        if not bool(in_loop.any()):
+            break
+        limit = torch.clamp(budget_left, max=cfg.max_steps_per_round)
+        steps, qb, qa = optimize_round(
+            model, x, targets, in_loop, cfg, limit, runtime=rt, on_step=reporter(r)
+        )
+        total += steps
+        idx = in_loop.nonzero()[:, 0]
+        x[idx] = T.apply(x[idx], op)
+        probs = view_probs(model, x[idx], targets[idx], t_angles, t_scales, rt)
+        for k, i in enumerate(idx.tolist()):
+            pmin, pmean = float(probs[k].min()), float(probs[k].mean())
+            results[i].trace.append(
+                RoundRecord(r, T.describe(op), int(steps[i]), float(qb[i]), float(qa[i]), pmin, pmean)
+            )
+            crit = spec.criterion
+            if crit.kind != "off" and (pmin if crit.kind == "min" else pmean) >= crit.threshold:
+                in_loop[i] = False
+                results[i].stopped_by = "criterion"
+
+    if spec.final_round or not rounds:
+        per_round = cfg.max_total_steps if not rounds else cfg.max_steps_per_round
+        limit = torch.full((b,), per_round, dtype=torch.long, device=dev)
+        everyone = torch.ones(b, dtype=torch.bool, device=dev)
+        steps, qb, qa = optimize_round(
+            model, x, targets, everyone, cfg, limit, runtime=rt, on_step=reporter(n_rounds - 1)
+        )
+        total += steps
+        for i in range(b):
+            results[i].trace.append(
+                RoundRecord(len(results[i].trace), None, int(steps[i]), float(qb[i]), float(qa[i]))
+            )
+
+    final = to_uint8(x).float()
+    probs = view_probs(model, final, targets, t_angles, t_scales, rt)
+    q_final = target_probs(model, final, targets, rt)
+    for i in range(b):
+        res = results[i]
+        res.image = final[i]
+        res.tests = {n: float(p) for n, p in zip(names, probs[i].tolist(), strict=True)}
+        res.total_steps = int(total[i])
+        res.q_final = float(q_final[i])
+    return results
