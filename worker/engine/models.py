@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import json
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -267,7 +268,7 @@ class Registry:
                 ),
                 (lambda a=arch: self._torchvision_file(a)),  # type: ignore[misc]
                 _torchvision_builder(arch),
-                f"run `python -c \"import torchvision; torchvision.models.{arch}"
+                f'run `python -c "import torchvision; torchvision.models.{arch}'
                 f"(weights='DEFAULT')\"` once on a machine with network access (it fills "
                 f"$TORCH_HOME/hub/checkpoints), or copy the file into TIVIS_WEIGHTS_DIR",
             )
@@ -355,8 +356,12 @@ class Registry:
             if name in self._builtins:
                 net = self._builtins[name].build(path)
             else:
-                net = torch.jit.load(str(path), map_location="cpu")
-            net.eval().requires_grad_(False)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated
+                    net = torch.jit.load(str(path), map_location="cpu")
+            net.eval()
+            for param in net.parameters():
+                param.requires_grad_(False)
             loaded = LoadedModel(info=info, net=net.to(dev), device=dev)
             self._loaded[key] = loaded
             return loaded
