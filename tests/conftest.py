@@ -14,7 +14,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A custom-models folder holding the tiny test CNN (``tiny``, 32 px, 10 classes)."""
+    """A custom-models folder holding the tiny test CNN (``tiny``, 64 px, 10 classes)."""
     from tinymodel import make_tiny_model
 
     d = tmp_path_factory.mktemp("models")

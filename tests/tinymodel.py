@@ -35,7 +35,7 @@ TINY_LABELS = [f"class {i}" for i in range(9)] + ["soccer ball"]
 
 
 def make_tiny_model(
-    directory: Path | str, name: str = "tiny", size: int = 32, seed: int = 0
+    directory: Path | str, name: str = "tiny", size: int = 64, seed: int = 0
 ) -> Path:
     """Write ``NAME.pt`` (TorchScript) and ``NAME.json`` into ``directory``; return the .pt path."""
     d = Path(directory)

@@ -8,6 +8,7 @@ caller decides where they go (Redis for the service, files for the command line)
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -187,7 +188,7 @@ def run_sweep(
             {
                 "gray": g,
                 "image": out.add_png(f"level-{g:03d}.png", res.image),
-                "gray_change_signed": float(rep.gray_change_signed[k]),
+                "gray_change_signed": float(rep.gray_change[k]),
                 "gray_change_abs": float(rep.gray_change_abs[k]),
                 "entropy2d": float(rep.entropy2d[k]),
                 "second_order_total": float(totals[k]),
@@ -201,20 +202,24 @@ def run_sweep(
     win = spec.entropy.window
     out.add_png("row-a-results.png", render.strip(images, captions))
     out.add_png("row-b-gray.png", render.strip(render.gray_images(rep.gray), captions))
-    max1 = float(torch.log2(torch.tensor(float(win * win))))
-    max2 = float(torch.log2(torch.tensor(float(spec.entropy.window2**2))))
-    out.add_png("row-c-entropy.png", render.strip(render.heatmap(rep.map1, 0.0, max1, size), captions))
-    out.add_png(
-        "row-d-second-order.png", render.strip(render.heatmap(rep.map2, 0.0, max2, size), captions)
-    )
+    for name, maps, window, what in (
+        ("row-c-entropy.png", rep.map1, win, "2D entropy (bits)"),
+        ("row-d-second-order.png", rep.map2, spec.entropy.window2, "second-order entropy (bits)"),
+    ):
+        vmax = math.log2(window * window)
+        row = render.strip(render.heatmap(maps, 0.0, vmax, size), captions)
+        bar = render.colorbar(0.0, vmax, what, int(row.shape[1]))
+        out.add_png(name, render.hcat([row, bar]))
     x = [float(g) for g in levels]
     out.artifacts.append(
         Artifact(
             "gray-change.png",
             render.line_plot(
                 x,
-                {"mean |Gray − g|": [r["gray_change_abs"] for r in rows],
-                 "mean(Gray) − g": [r["gray_change_signed"] for r in rows]},
+                {
+                    "mean |Gray − g|": rep.gray_change_abs.tolist(),
+                    "mean(Gray) − g": rep.gray_change.tolist(),
+                },
                 title=f"Gray change after optimization: {label} on {spec.model}",
                 x_label="initial gray level g (0–255)",
                 y_label="gray change (gray levels)",
@@ -232,6 +237,7 @@ def run_sweep(
                 x_label="initial gray level g (0–255)",
                 y_label="second-order total entropy (bits)",
                 mark_x=float(best),
+                mark_label=f"best g = {best}",
             ),
             "image/png",
         )

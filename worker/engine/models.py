@@ -119,6 +119,9 @@ class ModelInfo:
 class Normalize(nn.Module):
     """Pixel space (B, 3, H, W) 0..255 -> model input, (x - mean) / std per channel."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
@@ -194,7 +197,7 @@ def torchvision_weights_filename(arch: str) -> str:
     """The file name torchvision caches ``arch``'s default ImageNet weights under."""
     import torchvision
 
-    weights = torchvision.models.get_model_weights(arch).DEFAULT  # type: ignore[attr-defined]
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
     return str(weights.url).rsplit("/", 1)[-1]
 
 
@@ -262,8 +265,8 @@ class Registry:
                     architecture=f"torchvision {arch}",
                     weights="ImageNet-1k, torchvision DEFAULT weights from the local torch cache",
                     input_size=size,
-                    mean=mean,  # type: ignore[arg-type]
-                    std=std,  # type: ignore[arg-type]
+                    mean=mean,
+                    std=std,
                     labels=labels,
                 ),
                 (lambda a=arch: self._torchvision_file(a)),  # type: ignore[misc]
@@ -358,7 +361,7 @@ class Registry:
             else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated
-                    net = torch.jit.load(str(path), map_location="cpu")
+                    net = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
             net.eval()
             for param in net.parameters():
                 param.requires_grad_(False)

@@ -183,7 +183,9 @@ def optimize_round(
         go = ~done
         running[idx[done]] = False
         if bool(go.any()):
-            obj = logits.gather(1, tg)[:, 0] if cfg.objective == "logit" else logp.gather(1, tg)[:, 0]
+            obj = (
+                logits.gather(1, tg)[:, 0] if cfg.objective == "logit" else logp.gather(1, tg)[:, 0]
+            )
             (grad,) = torch.autograd.grad(obj[go].sum(), xr)
             gidx = idx[go]
             adam.step(x, gidx, grad[go].to(x.dtype))
@@ -257,7 +259,9 @@ def visualize(
         for k, i in enumerate(idx.tolist()):
             pmin, pmean = float(probs[k].min()), float(probs[k].mean())
             results[i].trace.append(
-                RoundRecord(r, T.describe(op), int(steps[i]), float(qb[i]), float(qa[i]), pmin, pmean)
+                RoundRecord(
+                    r, T.describe(op), int(steps[i]), float(qb[i]), float(qa[i]), pmin, pmean
+                )
             )
             crit = spec.criterion
             if crit.kind != "off" and (pmin if crit.kind == "min" else pmean) >= crit.threshold:

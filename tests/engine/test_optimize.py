@@ -1,0 +1,144 @@
+"""Behaviour of Algorithm 1 on the tiny random-weight CNN (32 px, 10 classes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from specs import Operation, OptimizerSettings, OptimizeSpec, StoppingCriterion
+from worker.engine import optimize as O
+from worker.engine.images import encode_png, flat_gray
+from worker.engine.models import LoadedModel, Registry
+
+SOCCER = 9
+
+
+@pytest.fixture(scope="module")
+def tiny(models_dir: Path) -> LoadedModel:
+    return Registry(models_dir=models_dir).load("tiny")
+
+
+def short_spec(**kw: object) -> OptimizeSpec:
+    base: dict[str, object] = {"schedule": [Operation(op="rotate", value=10.0, repeat=6)]}
+    base.update(kw)
+    return OptimizeSpec.model_validate(base)
+
+
+def test_target_probability_rises(tiny: LoadedModel) -> None:
+    x0 = flat_gray([255], 32)  # white: the tiny model gives soccer ball < 0.1 here
+    q0 = float(O.target_probs(tiny, x0, torch.tensor([SOCCER]))[0])
+    res = O.visualize(tiny, x0, torch.tensor([SOCCER]), short_spec())[0]
+    assert q0 < 0.5
+    assert res.q_final > 0.9 > q0
+    assert res.trace[0].q_before == pytest.approx(q0, rel=1e-5)
+    assert res.trace[0].q_after > res.trace[0].q_before
+
+
+def test_round_stops_as_soon_as_q_target_is_passed(tiny: LoadedModel) -> None:
+    cfg = OptimizerSettings(q_target=0.5, max_steps_per_round=500)
+    x = flat_gray([255], 32)
+    steps, _, qa = O.optimize_round(
+        tiny, x, torch.tensor([SOCCER]), torch.tensor([True]), cfg, torch.tensor([500])
+    )
+    assert 0 < int(steps[0]) < 500
+    assert float(qa[0]) > 0.5
+    # one step fewer would not have been enough: rerun with that limit
+    x2 = flat_gray([255], 32)
+    _, _, qa2 = O.optimize_round(
+        tiny, x2, torch.tensor([SOCCER]), torch.tensor([True]), cfg, steps - 1
+    )
+    assert float(qa2[0]) <= 0.5
+
+
+def test_step_limit_and_total_budget(tiny: LoadedModel) -> None:
+    spec = short_spec(
+        optimizer=OptimizerSettings(q_target=0.999999, max_steps_per_round=3, max_total_steps=10)
+    )
+    res = O.visualize(tiny, flat_gray([0], 32), torch.tensor([SOCCER]), spec)[0]
+    loop_steps = [r.steps for r in res.trace[:-1]]
+    assert sum(loop_steps) == 10 and max(loop_steps) <= 3
+    assert res.stopped_by == "budget"
+    assert res.trace[-1].operation is None  # the final round always runs
+    assert res.total_steps == 10 + res.trace[-1].steps
+
+
+def test_inactive_images_do_not_change(tiny: LoadedModel) -> None:
+    x = flat_gray([0, 0], 32)
+    cfg = OptimizerSettings()
+    O.optimize_round(
+        tiny,
+        x,
+        torch.tensor([SOCCER, SOCCER]),
+        torch.tensor([True, False]),
+        cfg,
+        torch.tensor([5, 5]),
+    )
+    assert x[0].abs().sum() > 0
+    assert x[1].abs().sum() == 0
+
+
+def test_criterion_ends_the_loop_early(tiny: LoadedModel) -> None:
+    spec = short_spec(criterion=StoppingCriterion(kind="mean", threshold=0.0))
+    res = O.visualize(tiny, flat_gray([0], 32), torch.tensor([SOCCER]), spec)[0]
+    assert res.stopped_by == "criterion"
+    assert len(res.trace) == 2  # one schedule round, then the final round
+
+
+def test_vanilla_is_one_long_round(tiny: LoadedModel) -> None:
+    res = O.visualize(
+        tiny, flat_gray([0], 32), torch.tensor([SOCCER]), short_spec(method="vanilla")
+    )[0]
+    assert len(res.trace) == 1 and res.trace[0].operation is None
+    assert res.q_final > 0.9
+
+
+def test_batched_equals_one_by_one(tiny: LoadedModel) -> None:
+    levels, targets = [0, 60, 200], [SOCCER, 5, SOCCER]
+    spec = short_spec()
+    batch = O.visualize(tiny, flat_gray(levels, 32), torch.tensor(targets), spec)
+    for g, t, b in zip(levels, targets, batch, strict=True):
+        one = O.visualize(tiny, flat_gray([g], 32), torch.tensor([t]), spec)[0]
+        assert [r.steps for r in one.trace] == [r.steps for r in b.trace]
+        assert (one.image - b.image).abs().max() <= 1.0  # 8-bit images, float noise at most 1 level
+        assert (one.image != b.image).float().mean() < 0.01
+
+
+def test_same_spec_gives_the_same_png_bytes(tiny: LoadedModel) -> None:
+    spec = short_spec(seed=3)
+    a = O.visualize(tiny, flat_gray([30], 32), torch.tensor([SOCCER]), spec)[0]
+    b = O.visualize(tiny, flat_gray([30], 32), torch.tensor([SOCCER]), spec)[0]
+    assert encode_png(a.image) == encode_png(b.image)
+
+
+def test_progress_reports_and_can_cancel(tiny: LoadedModel) -> None:
+    seen: list[tuple[int, int, int, float]] = []
+
+    class Stop(Exception):
+        pass
+
+    def progress(r: int, n: int, step: int, q: float) -> None:
+        seen.append((r, n, step, q))
+        if r == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        O.visualize(
+            tiny, flat_gray([0], 32), torch.tensor([SOCCER]), short_spec(), progress=progress
+        )
+    assert seen[0][:3] == (0, 7, 1)
+    assert all(0.0 <= q <= 1.0 for *_, q in seen)
+
+
+def test_output_is_8bit_and_in_range(tiny: LoadedModel) -> None:
+    res = O.visualize(tiny, flat_gray([250], 32), torch.tensor([SOCCER]), short_spec())[0]
+    assert torch.equal(res.image, res.image.round())
+    assert res.image.min() >= 0 and res.image.max() <= 255
+    assert set(res.tests) == {f"rot{a}" for a in range(0, 360, 30)} | {"scale0.9", "scale1.1"}
+
+
+def test_topk_sorted(tiny: LoadedModel) -> None:
+    (top,) = O.topk(tiny, flat_gray([0], 32), 5)
+    ps = [p for _, _, p in top]
+    assert ps == sorted(ps, reverse=True) and len(top) == 5
