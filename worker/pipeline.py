@@ -203,8 +203,8 @@ def run_sweep(
     out.add_png("row-a-results.png", render.strip(images, captions))
     out.add_png("row-b-gray.png", render.strip(render.gray_images(rep.gray), captions))
     for name, maps, window, what in (
-        ("row-c-entropy.png", rep.map1, win, "2D entropy (bits)"),
-        ("row-d-second-order.png", rep.map2, spec.entropy.window2, "second-order entropy (bits)"),
+        ("row-c-entropy.png", rep.map1, win, "bits"),
+        ("row-d-second-order.png", rep.map2, spec.entropy.window2, "bits"),
     ):
         vmax = math.log2(window * window)
         row = render.strip(render.heatmap(maps, 0.0, vmax, size), captions)

@@ -1,0 +1,140 @@
+"""Command line: run the engine on this machine and write PNGs and a JSON report.
+
+    python -m worker.engine visualize --model efficientnet_lite0 --target "soccer ball" --out out/
+    python -m worker.engine sweep --model efficientnet_lite0 --target "soccer ball" --out out/
+
+Every option of the job specs can be given as JSON with ``--spec '{...}'`` (the same body the
+HTTP API takes); the flags below override the common ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from specs import SweepSpec, VisualizeSpec
+
+Progress = Callable[[int, int, int, float], None]
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr: round, step, q_C, elapsed time."""
+
+    def __init__(self, stream: Any = None, width: int = 30) -> None:
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, rnd: int, rounds: int, step: int, q: float) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.1 and step > 1:
+            return
+        self.last = now
+        filled = int(self.width * rnd / max(rounds, 1))
+        bar = "#" * filled + "-" * (self.width - filled)
+        self.stream.write(
+            f"\r[{bar}] round {rnd + 1}/{rounds} step {step:4d} q={q:.3f} {now - self.start:6.1f}s"
+        )
+        self.stream.flush()
+
+    def done(self) -> None:
+        self.stream.write(f"\rdone in {time.monotonic() - self.start:.1f}s" + " " * 60 + "\n")
+
+
+def _spec_dict(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(args.spec) if args.spec else {}
+    for key in ("model", "method", "initial_gray", "seed", "size"):
+        value = getattr(args, key, None)
+        if value is not None:
+            body[key] = value
+    return body
+
+
+def _registry() -> Any:
+    from worker.engine.models import Registry
+
+    return Registry(
+        models_dir=os.environ.get("TIVIS_MODELS_DIR"),
+        weights_dir=os.environ.get("TIVIS_WEIGHTS_DIR"),
+    )
+
+
+def _write(out_dir: Path, output: Any) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for art in output.artifacts:
+        (out_dir / art.name).write_bytes(art.data)
+    (out_dir / "result.json").write_text(json.dumps(output.result, indent=2))
+    names = ", ".join(a.name for a in output.artifacts[:6])
+    more = f" and {len(output.artifacts) - 6} more" if len(output.artifacts) > 6 else ""
+    print(f"wrote {names}{more}, result.json to {out_dir}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m worker.engine", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", help="model name (default efficientnet_lite0)")
+        p.add_argument("--method", help="invariant (default) or vanilla")
+        p.add_argument("--initial-gray", dest="initial_gray", type=int)
+        p.add_argument("--size", type=int, help="image side in pixels (default: the model's)")
+        p.add_argument("--seed", type=int)
+        p.add_argument("--spec", help="the whole job spec as JSON (as in the HTTP API)")
+        p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+        p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+        p.add_argument("--out", type=Path, default=Path("out"), help="output folder")
+
+    vis = sub.add_parser("visualize", help="transformation-invariant visualization of targets")
+    common(vis)
+    vis.add_argument("--target", action="append", help="class name or index (repeatable)")
+    sw = sub.add_parser("sweep", help="entropy sweep over initial gray levels")
+    common(sw)
+    sw.add_argument("--target", help="class name or index")
+    sw.add_argument("--levels", help="comma-separated gray levels (default 0,10,...,250,255)")
+    args = parser.parse_args(argv)
+
+    from worker import pipeline
+    from worker.engine.optimize import Runtime
+
+    body = _spec_dict(args)
+    try:
+        if args.command == "visualize":
+            if args.target:
+                body["targets"] = [int(t) if t.isdigit() else t for t in args.target]
+            spec: VisualizeSpec | SweepSpec = VisualizeSpec.model_validate(body)
+        else:
+            if args.target:
+                body["target"] = int(args.target) if args.target.isdigit() else args.target
+            if args.levels:
+                body["gray_levels"] = [int(v) for v in args.levels.split(",")]
+            spec = SweepSpec.model_validate(body)
+    except ValidationError as exc:
+        parser.error(str(exc))
+    bar = ProgressBar()
+    runtime = Runtime(amp=args.amp)
+    try:
+        if isinstance(spec, VisualizeSpec):
+            output = pipeline.run_visualize(
+                spec, _registry(), device=args.device, runtime=runtime, progress=bar
+            )
+        else:
+            output = pipeline.run_sweep(
+                spec, _registry(), device=args.device, runtime=runtime, progress=bar
+            )
+    except (ValueError, FileNotFoundError) as exc:
+        sys.stderr.write(f"\nerror: {exc}\n")
+        return 2
+    bar.done()
+    _write(args.out, output)
+    return 0
