@@ -1,0 +1,1 @@
+"""tivis API: FastAPI front end over Redis and Celery. Imports no torch and no worker module."""

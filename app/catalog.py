@@ -1,0 +1,91 @@
+"""What the workers can run, as they published it into Redis: model names and class labels.
+
+The API validates model and class names against this before queueing, without torch. Name
+resolution mirrors the engine's ``ModelInfo.resolve_target`` (index, digit string or
+case-insensitive name), and unknown names get the closest names (difflib).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class UnknownName(ValueError):
+    """An unknown model or class; ``field`` is the request field, ``suggestions`` close names."""
+
+    def __init__(self, field: str, message: str, suggestions: list[str]) -> None:
+        super().__init__(message)
+        self.field = field
+        self.suggestions = suggestions
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    info: dict[str, Any]
+    labels: tuple[str, ...]
+    lowered: tuple[str, ...]
+
+    def resolve(self, target: int | str, field: str) -> int:
+        """The class index of ``target`` or :class:`UnknownName`."""
+        n = len(self.labels)
+        if isinstance(target, int) and not isinstance(target, bool):
+            if 0 <= target < n:
+                return target
+            raise UnknownName(field, f"class index {target} is out of range 0..{n - 1}", [])
+        text = str(target).strip()
+        if text.isdigit():
+            return self.resolve(int(text), field)
+        key = text.lower()
+        try:
+            return self.lowered.index(key)
+        except ValueError:
+            pass
+        close = difflib.get_close_matches(key, self.lowered, n=5, cutoff=0.5)
+        contains = [lb for lb in self.lowered if key in lb and lb not in close]
+        suggestions = [self.labels[self.lowered.index(c)] for c in (close + contains)[:5]]
+        hint = f"; closest: {', '.join(suggestions)}" if suggestions else ""
+        raise UnknownName(field, f"{self.name} has no class {text!r}{hint}", suggestions)
+
+    def search(self, q: str | None, limit: int) -> list[dict[str, Any]]:
+        """Classes whose label contains ``q`` (case-insensitive), prefix matches first; close
+        matches when nothing contains it."""
+        items = list(enumerate(self.labels))
+        if q:
+            key = q.strip().lower()
+            hits = [(i, lb) for i, lb in items if key in self.lowered[i]]
+            if not hits:
+                close = difflib.get_close_matches(key, self.lowered, n=limit, cutoff=0.5)
+                hits = [(self.lowered.index(c), self.labels[self.lowered.index(c)]) for c in close]
+            else:
+                hits.sort(key=lambda t: (not self.lowered[t[0]].startswith(key), t[0]))
+            items = hits
+        return [{"index": i, "label": lb} for i, lb in items[:limit]]
+
+
+class Catalog:
+    """Models by name, from the ``{name: {"info": ..., "labels": [...]}}`` hash workers publish."""
+
+    def __init__(self, raw: Mapping[str, Mapping[str, Any]]) -> None:
+        self.models: dict[str, ModelEntry] = {}
+        for name, entry in sorted(raw.items()):
+            labels = tuple(str(s) for s in entry.get("labels", ()))
+            self.models[name] = ModelEntry(
+                name, dict(entry.get("info", {})), labels, tuple(s.lower() for s in labels)
+            )
+
+    def __bool__(self) -> bool:
+        return bool(self.models)
+
+    def model(self, name: str, field: str = "model") -> ModelEntry:
+        if name in self.models:
+            return self.models[name]
+        known = list(self.models)
+        suggestions = difflib.get_close_matches(name, known, n=5, cutoff=0.3)
+        hint = f"; closest: {', '.join(suggestions)}" if suggestions else ""
+        raise UnknownName(
+            field, f"unknown model {name!r}{hint} (available: {', '.join(known)})", suggestions
+        )

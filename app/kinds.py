@@ -1,0 +1,81 @@
+"""Job kinds the API accepts: their spec model and the names they must be checked against.
+
+Adding a kind (e.g. classify) means adding an entry here and a runner in ``worker/tasks.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from app.catalog import Catalog, UnknownName
+from specs import SweepSpec, VisualizeSpec
+
+
+@dataclass(frozen=True)
+class KindDef:
+    kind: str
+    spec: type[BaseModel]
+    path: str
+    summary: str
+
+
+KINDS: dict[str, KindDef] = {
+    "visualize": KindDef(
+        "visualize", VisualizeSpec, "/visualize", "Visualize classes (Algorithm 1)"
+    ),
+    "sweep": KindDef(
+        "sweep", SweepSpec, "/entropy-sweep", "Entropy sweep over initial gray levels"
+    ),
+}
+
+
+def _models(spec: BaseModel) -> list[tuple[str, str]]:
+    """(field, model name) pairs a spec refers to: ``model`` (one or a list) and ``judges``."""
+    out: list[tuple[str, str]] = []
+    model = getattr(spec, "model", None)
+    if isinstance(model, str):
+        out.append(("model", model))
+    elif isinstance(model, list):
+        out.extend((f"model[{i}]", m) for i, m in enumerate(model))
+    for field in ("models", "judges"):
+        if field not in type(spec).model_fields:
+            continue  # VisualizeSpec.models is a property over ``model``, not a field
+        value = getattr(spec, field)
+        if isinstance(value, list):
+            out.extend((f"{field}[{i}]", m) for i, m in enumerate(value))
+    return out
+
+
+def _targets(spec: BaseModel) -> list[tuple[str, int | str]]:
+    targets = getattr(spec, "targets", None)
+    if isinstance(targets, list):
+        return [(f"targets[{i}]", t) for i, t in enumerate(targets)]
+    target = getattr(spec, "target", None)
+    return [("target", target)] if isinstance(target, int | str) else []
+
+
+def check_names(spec: BaseModel, catalog: Catalog) -> list[UnknownName]:
+    """Every unknown model and class name of ``spec`` (empty: the spec can run)."""
+    problems: list[UnknownName] = []
+    for field, name in _models(spec):
+        try:
+            entry = catalog.model(name, field)
+        except UnknownName as exc:
+            problems.append(exc)
+            continue
+        for tfield, target in _targets(spec):
+            try:
+                entry.resolve(target, tfield)
+            except UnknownName as exc:
+                problems.append(exc)
+    return problems
+
+
+def summary(kind: str, spec: dict[str, object]) -> dict[str, object]:
+    """A short description for job lists: model(s) and target(s)."""
+    targets = spec.get("targets")
+    if targets is None and "target" in spec:
+        targets = [spec["target"]]
+    return {"model": spec.get("model", spec.get("models")), "targets": targets}

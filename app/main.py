@@ -1,0 +1,78 @@
+"""The FastAPI app: ``uvicorn app.main:app``. Imports no torch and no worker module."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import redis.asyncio as aredis
+from celery import Celery
+from fastapi import Depends, FastAPI
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from app import problems
+from app.deps import Services, require_api_key
+from app.logs import configure_logging
+from app.queue import celery_config
+from app.routes import health, jobs, models, submit
+from app.settings import Settings, get_settings
+from app.store import AsyncJobStore
+
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app; ``settings`` default to the environment (``TIVIS_*``)."""
+    cfg = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = aredis.Redis.from_url(cfg.redis_url, decode_responses=False)
+        celery = Celery("tivis-api")
+        celery.conf.update(celery_config(cfg))
+        app.state.services = Services(
+            settings=cfg,
+            redis=client,
+            store=AsyncJobStore(client, cfg.key_prefix, cfg.ttl_seconds),
+            celery=celery,
+        )
+        try:
+            yield
+        finally:
+            await client.aclose()
+            celery.close()
+
+    app = FastAPI(
+        title="tivis",
+        version="0.1.0",
+        summary="Transformation-invariant class visualizations of CNN classifiers, as jobs",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    secured = [Depends(require_api_key)]
+    app.include_router(health.router)
+    app.include_router(models.router, dependencies=secured)
+    app.include_router(submit.router, dependencies=secured)
+    app.include_router(jobs.router, dependencies=secured)
+
+    if STATIC.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False, response_model=None)
+    async def index() -> Response:
+        page = STATIC / "index.html"
+        if page.is_file():
+            return FileResponse(page)
+        return JSONResponse({"name": "tivis", "docs": "/docs", "openapi": "/openapi.json"})
+
+    return app
+
+
+def _app_from_env() -> FastAPI:
+    configure_logging(get_settings().log_level)
+    return create_app()
+
+
+app = _app_from_env()

@@ -1,0 +1,120 @@
+"""``POST /visualize``, ``POST /entropy-sweep``: validate, check names, store, queue (202)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Header, Response
+from pydantic import BaseModel
+
+from app.deps import Services, ServicesDep
+from app.kinds import KINDS, KindDef, check_names
+from app.problems import Problem
+from app.queue import RUN_JOB_TASK
+from app.store import IdempotencyConflict, body_hash
+from app.views import job_urls
+from specs import SweepSpec, VisualizeSpec
+
+log = logging.getLogger("tivis.api")
+router = APIRouter(tags=["jobs"])
+
+
+class JobAccepted(BaseModel):
+    id: str
+    kind: str
+    status: str
+    urls: dict[str, str]
+
+
+async def submit(
+    services: Services,
+    kind: KindDef,
+    spec: BaseModel,
+    response: Response,
+    idempotency_key: str | None,
+) -> dict[str, Any]:
+    """Check names against the published catalog, store the job, send its task (by name)."""
+    catalog = await services.catalog()
+    if not catalog:
+        catalog = await services.catalog(fresh=True)
+    if not catalog:
+        raise Problem(
+            503, "no-models", "no worker has published its models yet; start a worker",
+            headers={"Retry-After": "5"},
+        )  # fmt: skip
+    unknown = check_names(spec, catalog)
+    if unknown:
+        sugg = unknown[0].suggestions
+        raise Problem(
+            422,
+            "unknown-name",
+            "; ".join(str(u) for u in unknown),
+            title="Unknown model or class",
+            errors=[
+                {"field": u.field, "message": str(u), "suggestions": u.suggestions} for u in unknown
+            ],
+            suggestions=sugg,
+        )
+    body = spec.model_dump(mode="json")
+    job_id = uuid.uuid4().hex
+    idem = (idempotency_key, body_hash([kind.kind, body])) if idempotency_key else None
+    try:
+        job_id, created = await services.store.create(job_id, kind.kind, body, idempotency=idem)
+    except IdempotencyConflict as exc:
+        raise Problem(
+            422, "idempotency-key-reused", str(exc), title="Idempotency-Key reused", job=exc.job_id
+        ) from exc
+    urls = job_urls(job_id)
+    response.headers["Location"] = urls["self"]
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+        rec = await services.store.get(job_id)
+        status = rec["status"] if rec else "queued"
+        return {"id": job_id, "kind": kind.kind, "status": status, "urls": urls}
+
+    def send() -> None:
+        services.celery.send_task(
+            RUN_JOB_TASK, args=[job_id], task_id=job_id, queue=services.settings.queue
+        )
+
+    try:
+        await anyio.to_thread.run_sync(send)
+    except Exception as exc:
+        await services.store.fail(job_id, {"type": "QueueUnavailable", "message": str(exc)})
+        log.error("queue unavailable", extra={"job_id": job_id, "error": str(exc)})
+        raise Problem(503, "queue-unavailable", f"could not queue the job: {exc}") from exc
+    log.info("job queued", extra={"job_id": job_id, "kind": kind.kind})
+    return {"id": job_id, "kind": kind.kind, "status": "queued", "urls": urls}
+
+
+IdemKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="the same key (with the same body) returns the same job",
+    ),
+]
+
+
+@router.post(
+    "/visualize", status_code=202, response_model=JobAccepted, summary=KINDS["visualize"].summary
+)
+async def post_visualize(
+    spec: VisualizeSpec, response: Response, services: ServicesDep, idem: IdemKey = None
+) -> dict[str, Any]:
+    """Visualize one or more targets on one or more models. 202 with the job and its URLs."""
+    return await submit(services, KINDS["visualize"], spec, response, idem)
+
+
+@router.post(
+    "/entropy-sweep", status_code=202, response_model=JobAccepted, summary=KINDS["sweep"].summary
+)
+async def post_sweep(
+    spec: SweepSpec, response: Response, services: ServicesDep, idem: IdemKey = None
+) -> dict[str, Any]:
+    """Visualize one target from many initial gray levels and measure the entropy of each."""
+    return await submit(services, KINDS["sweep"], spec, response, idem)

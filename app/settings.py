@@ -1,0 +1,80 @@
+"""Typed configuration from the environment (prefix ``TIVIS_``), shared by API and worker."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; each field reads ``TIVIS_<NAME>`` (e.g. ``TIVIS_REDIS_URL``)."""
+
+    model_config = SettingsConfigDict(env_prefix="TIVIS_", extra="ignore")
+
+    # Redis and keys
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis for job records, artifacts and the Celery broker "
+        "(redis://, rediss:// or unix:///path/to/socket)",
+    )
+    key_prefix: str = Field(default="tivis", description="prefix of every Redis key")
+    ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, description="TTL of every Redis key")
+
+    # API
+    api_keys: str = Field(default="", description="comma-separated API keys; empty: no auth")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
+    catalog_cache_seconds: float = Field(default=2.0, ge=0.0)
+    max_page_size: int = Field(default=200, ge=1)
+
+    # Worker
+    queue: str = "gpu"
+    models_dir: Path | None = Field(default=None, description="custom TorchScript models")
+    weights_dir: Path | None = Field(default=None, description="extra torchvision weights folder")
+    torch_home: Path | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(default=False, description="bfloat16 autocast on CUDA")
+    channels_last: bool = False
+    soft_time_limit: int = Field(default=1800, ge=1, description="seconds; the job fails cleanly")
+    hard_time_limit: int = Field(default=1900, ge=2, description="seconds; the process is killed")
+    visibility_timeout: int | None = Field(
+        default=None, description="broker redelivery after this many seconds; default hard + 60"
+    )
+    max_attempts: int = Field(default=3, ge=1, description="deliveries before a job is failed")
+    heartbeat_seconds: float = Field(default=5.0, gt=0.0)
+    cancel_check_seconds: float = Field(default=0.25, gt=0.0)
+
+    # Uploads (issue 4)
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_upload_pixels: int = Field(default=40_000_000, ge=1)
+
+    # Embedded run
+    data_dir: Path = Field(default=Path(".tivis"), description="embedded Redis data and socket")
+    log_level: str = "INFO"
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    @property
+    def broker_url(self) -> str:
+        """The Redis URL in kombu's spelling (``unix://`` becomes ``redis+socket://``)."""
+        if self.redis_url.startswith("unix://"):
+            return "redis+socket://" + self.redis_url[len("unix://") :]
+        return self.redis_url
+
+    @property
+    def effective_visibility_timeout(self) -> int:
+        vt = self.visibility_timeout
+        return vt if vt is not None else self.hard_time_limit + 60
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings()

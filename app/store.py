@@ -1,0 +1,575 @@
+"""Job records, progress, cancel flags, artifacts, catalog, heartbeats and metrics in Redis.
+
+The one place that knows the Redis keys. Torch-free and FastAPI-free: the API uses
+:class:`AsyncJobStore`, the worker :class:`JobStore`; both run the same Lua scripts, so every
+status change is atomic (a queued job canceled while a worker picks it up ends in exactly one
+state). Every key lives under ``<prefix>:`` and carries a TTL.
+
+Layout (``P`` = prefix):
+
+- ``P:job:<id>``                hash: the job record (status, kind, spec, progress, result, ...)
+- ``P:job:<id>:artifacts``      hash: artifact name -> bytes (written once, at success)
+- ``P:job:<id>:staging:<n>``    hash: artifacts of attempt ``n`` until it succeeds
+- ``P:jobs``                    sorted set: every job id by creation time (for listing)
+- ``P:idem:<key>``              string: ``<job id>|<body hash>`` of an ``Idempotency-Key``
+- ``P:catalog``                 hash: model name -> JSON {info, labels, worker, updated}
+- ``P:worker:<name>``           string with a short TTL: a live worker's heartbeat
+- ``P:metrics:current``         hash: ``kind|status`` -> number of jobs now queued / running
+- ``P:metrics:total``           hash: ``kind|status`` -> jobs that reached that status
+- ``P:metrics:duration:<kind>`` hash: histogram buckets, ``sum`` and ``count`` of run times
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+import redis.asyncio as aredis
+
+TERMINAL = ("succeeded", "failed", "canceled")
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+)  # fmt: skip
+JSON_FIELDS = ("spec", "progress", "error", "result", "artifacts")
+
+# Create a job (and its idempotency key) atomically.
+# KEYS: record, index, current, total, idem ("" = none)
+# ARGV: ttl, score, id, idem value, kind, then field/value pairs of the record
+_CREATE = """
+if KEYS[5] ~= '' then
+  local existing = redis.call('GET', KEYS[5])
+  if existing then return {0, existing} end
+  redis.call('SET', KEYS[5], ARGV[4], 'EX', ARGV[1])
+end
+local fields = {}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[3], ARGV[5] .. '|queued', 1)
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+redis.call('HINCRBY', KEYS[4], ARGV[5] .. '|queued', 1)
+redis.call('EXPIRE', KEYS[4], ARGV[1])
+return {1, ARGV[3]}
+"""
+
+# Shared Lua helper: move the current/total gauges from one status to another.
+_MOVE = """
+local function move(cur, tot, kind, from, to, ttl)
+  if from == to then return end
+  if from == 'queued' or from == 'running' then
+    redis.call('HINCRBY', cur, kind .. '|' .. from, -1)
+  end
+  if to == 'queued' or to == 'running' then redis.call('HINCRBY', cur, kind .. '|' .. to, 1) end
+  redis.call('HINCRBY', tot, kind .. '|' .. to, 1)
+  redis.call('EXPIRE', cur, ttl)
+  redis.call('EXPIRE', tot, ttl)
+end
+"""
+
+# A worker starts (or restarts, after redelivery) a job.
+# KEYS: record, current, total; ARGV: now, max_attempts, ttl
+# Returns {verdict, status or attempts}: run | skip | canceled | exhausted | missing
+_START = (
+    _MOVE
+    + """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return {'missing', ''} end
+if s ~= 'queued' and s ~= 'running' then return {'skip', s} end
+local kind = redis.call('HGET', KEYS[1], 'kind')
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
+  move(KEYS[2], KEYS[3], kind, s, 'canceled', ARGV[3])
+  return {'canceled', s}
+end
+local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if n > tonumber(ARGV[2]) then
+  local err = cjson.encode({type = 'TooManyAttempts',
+    message = 'the job was started ' .. (n - 1) .. ' times without finishing (worker lost?)'})
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[1], 'error', err)
+  redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+  move(KEYS[2], KEYS[3], kind, s, 'failed', ARGV[3])
+  return {'exhausted', tostring(n - 1)}
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'progress', '')
+move(KEYS[2], KEYS[3], kind, s, 'running', ARGV[3])
+return {'run', tostring(n)}
+"""
+)
+
+# A worker finishes attempt n: only if the record is still running that attempt.
+# KEYS: record, current, total, staging, final; ARGV: attempt, status, ttl, now, field/value...
+_FINISH = (
+    _MOVE
+    + """
+local s = redis.call('HGET', KEYS[1], 'status')
+local n = redis.call('HGET', KEYS[1], 'attempts')
+if s ~= 'running' or n ~= ARGV[1] then
+  redis.call('DEL', KEYS[4])
+  return 0
+end
+redis.call('DEL', KEYS[5])
+if ARGV[2] == 'succeeded' and redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('RENAME', KEYS[4], KEYS[5])
+  redis.call('EXPIRE', KEYS[5], ARGV[3])
+else
+  redis.call('DEL', KEYS[4])
+end
+local fields = {'status', ARGV[2], 'finished_at', ARGV[4]}
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+local kind = redis.call('HGET', KEYS[1], 'kind')
+move(KEYS[2], KEYS[3], kind, s, ARGV[2], ARGV[3])
+return 1
+"""
+)
+
+# Cancel. KEYS: record, current, total; ARGV: now, ttl
+# Returns {verdict, status}: canceled (was queued) | requested (running) | finished | missing
+_CANCEL = (
+    _MOVE
+    + """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return {'missing', ''} end
+if s ~= 'queued' and s ~= 'running' then return {'finished', s} end
+redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+if s == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
+  move(KEYS[2], KEYS[3], redis.call('HGET', KEYS[1], 'kind'), s, 'canceled', ARGV[2])
+  return {'canceled', 'canceled'}
+end
+return {'requested', s}
+"""
+)
+
+
+class IdempotencyConflict(Exception):
+    """An ``Idempotency-Key`` reused with a different request body."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"the Idempotency-Key was used for job {job_id} with a different body")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Every Redis key of the service, under one prefix."""
+
+    prefix: str
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def artifacts(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:artifacts"
+
+    def staging(self, job_id: str, attempt: int | str) -> str:
+        return f"{self.prefix}:job:{job_id}:staging:{attempt}"
+
+    @property
+    def index(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    def idem(self, key: str) -> str:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return f"{self.prefix}:idem:{digest}"
+
+    @property
+    def catalog(self) -> str:
+        return f"{self.prefix}:catalog"
+
+    def worker(self, name: str) -> str:
+        return f"{self.prefix}:worker:{name}"
+
+    @property
+    def workers_pattern(self) -> str:
+        return f"{self.prefix}:worker:*"
+
+    @property
+    def current(self) -> str:
+        return f"{self.prefix}:metrics:current"
+
+    @property
+    def total(self) -> str:
+        return f"{self.prefix}:metrics:total"
+
+    def duration(self, kind: str) -> str:
+        return f"{self.prefix}:metrics:duration:{kind}"
+
+    @property
+    def duration_pattern(self) -> str:
+        return f"{self.prefix}:metrics:duration:*"
+
+
+def body_hash(obj: Any) -> str:
+    """A stable hash of a JSON-ready request body (for idempotency)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _s(v: bytes | str | None) -> str | None:
+    if v is None:
+        return None
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def decode_record(raw: Mapping[Any, Any]) -> dict[str, Any] | None:
+    """A record hash as a dict: JSON fields parsed, numbers typed; ``None`` for a missing job."""
+    if not raw:
+        return None
+    rec: dict[str, Any] = {_s(k) or "": _s(v) for k, v in raw.items()}
+    for f in JSON_FIELDS:
+        v = rec.get(f)
+        rec[f] = json.loads(v) if v else None
+    for f in ("created_at", "started_at", "finished_at"):
+        v = rec.get(f)
+        rec[f] = float(v) if v else None
+    rec["attempts"] = int(rec.get("attempts") or 0)
+    rec["cancel_requested"] = rec.get("cancel_requested") == "1"
+    return rec
+
+
+def encode_cursor(score: float, job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{score!r}|{job_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """``ValueError`` for a cursor that this module did not make."""
+    try:
+        pad = "=" * (-len(cursor) % 4)
+        score, job_id = base64.urlsafe_b64decode(cursor + pad).decode().split("|", 1)
+        return float(score), job_id
+    except Exception as exc:
+        raise ValueError("not a cursor returned by GET /jobs") from exc
+
+
+def _flatten(fields: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    for k, v in fields.items():
+        out.append(k)
+        out.append(v if isinstance(v, str) else json.dumps(v))
+    return out
+
+
+def bucket_label(seconds: float) -> str:
+    for le in DURATION_BUCKETS:
+        if seconds <= le:
+            return repr(le)
+    return "+Inf"
+
+
+class _Base:
+    def __init__(self, prefix: str, ttl: int) -> None:
+        self.keys = Keys(prefix)
+        self.ttl = ttl
+
+    def _create_args(
+        self, job_id: str, kind: str, spec: Mapping[str, Any], idem: tuple[str, str] | None,
+        now: float, extra: Mapping[str, Any] | None,
+    ) -> tuple[list[str], list[Any]]:  # fmt: skip
+        fields: dict[str, Any] = {
+            "id": job_id,
+            "kind": kind,
+            "status": "queued",
+            "created_at": repr(now),
+            "attempts": "0",
+            "spec": json.dumps(spec, separators=(",", ":")),
+        }
+        if extra:
+            fields.update(extra)
+        k = self.keys
+        idem_key = k.idem(idem[0]) if idem else ""
+        idem_val = f"{job_id}|{idem[1]}" if idem else ""
+        keys = [k.job(job_id), k.index, k.current, k.total, idem_key]
+        return keys, [self.ttl, repr(now), job_id, idem_val, kind, *_flatten(fields)]
+
+    @staticmethod
+    def _create_result(res: list[Any], idem: tuple[str, str] | None) -> tuple[str, bool]:
+        created, value = int(res[0]), _s(res[1]) or ""
+        if created:
+            return value, True
+        job_id, _, digest = value.partition("|")
+        if idem is not None and digest != idem[1]:
+            raise IdempotencyConflict(job_id)
+        return job_id, False
+
+
+class AsyncJobStore(_Base):
+    """The API's side: create, read, list and cancel jobs; read catalog, heartbeats, metrics."""
+
+    def __init__(self, client: aredis.Redis, prefix: str, ttl: int) -> None:
+        super().__init__(prefix, ttl)
+        self.r = client
+        self._create = client.register_script(_CREATE)
+        self._cancel = client.register_script(_CANCEL)
+
+    async def create(
+        self,
+        job_id: str,
+        kind: str,
+        spec: Mapping[str, Any],
+        *,
+        idempotency: tuple[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> tuple[str, bool]:
+        """Store a queued job; returns ``(job id, created)``. With ``idempotency=(key, body
+        hash)`` an earlier job of the same key is returned instead (``created`` False), or
+        :class:`IdempotencyConflict` raised if its body differed."""
+        keys, args = self._create_args(job_id, kind, spec, idempotency, time.time(), extra)
+        res = await self._create(keys=keys, args=args)
+        return self._create_result(cast(list[Any], res), idempotency)
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        return decode_record(await self.r.hgetall(self.keys.job(job_id)))
+
+    async def fail(self, job_id: str, error: Mapping[str, str]) -> None:
+        """Mark a job that could not be queued as failed."""
+        await self.r.hset(
+            self.keys.job(job_id),
+            mapping={"status": "failed", "finished_at": repr(time.time()),
+                     "error": json.dumps(error)},
+        )  # fmt: skip
+
+    async def cancel(self, job_id: str) -> tuple[str, str]:
+        keys = [self.keys.job(job_id), self.keys.current, self.keys.total]
+        res = cast(list[Any], await self._cancel(keys=keys, args=[repr(time.time()), self.ttl]))
+        return _s(res[0]) or "", _s(res[1]) or ""
+
+    async def list_jobs(
+        self,
+        *,
+        limit: int,
+        cursor: str | None = None,
+        status: Iterable[str] | None = None,
+        kind: Iterable[str] | None = None,
+        max_scan: int = 5000,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Newest first; ``(records, next cursor or None)``. Expired records are dropped."""
+        want_status = set(status or ())
+        want_kind = set(kind or ())
+        hi: str = "+inf"
+        after: tuple[float, str] | None = None
+        if cursor:
+            after = decode_cursor(cursor)
+            hi = repr(after[0])
+        out: list[dict[str, Any]] = []
+        scanned = 0
+        batch = max(limit * 2, 50)
+        offset = 0
+        while len(out) < limit and scanned < max_scan:
+            rows = cast(
+                list[tuple[bytes, float]],
+                await self.r.zrevrangebyscore(
+                    self.keys.index, hi, "-inf", start=offset, num=batch, withscores=True
+                ),
+            )
+            if not rows:
+                return out, None
+            offset += len(rows)
+            ids = []
+            for member, score in rows:
+                jid = _s(member) or ""
+                if after is not None and score == after[0] and jid >= after[1]:
+                    continue
+                ids.append((jid, float(score)))
+            scanned += len(rows)
+            pipe = self.r.pipeline(transaction=False)
+            for jid, _ in ids:
+                pipe.hgetall(self.keys.job(jid))
+            raws = await pipe.execute()
+            gone = []
+            for (jid, score), raw in zip(ids, raws, strict=True):
+                rec = decode_record(raw)
+                if rec is None:
+                    gone.append(jid)
+                    continue
+                if want_status and rec["status"] not in want_status:
+                    continue
+                if want_kind and rec["kind"] not in want_kind:
+                    continue
+                rec["_score"] = score
+                out.append(rec)
+                if len(out) == limit:
+                    break
+            if gone:
+                await self.r.zrem(self.keys.index, *gone)
+            if len(rows) < batch:
+                break
+        if len(out) == limit:
+            last = out[-1]
+            return out, encode_cursor(last["_score"], last["id"])
+        return out, None
+
+    async def artifact(self, job_id: str, name: str) -> bytes | None:
+        data = await self.r.hget(self.keys.artifacts(job_id), name)
+        return cast(bytes | None, data)
+
+    async def catalog(self) -> dict[str, dict[str, Any]]:
+        raw = await self.r.hgetall(self.keys.catalog)
+        return {_s(k) or "": json.loads(v) for k, v in raw.items()}
+
+    async def workers(self) -> list[dict[str, Any]]:
+        names = [k async for k in self.r.scan_iter(match=self.keys.workers_pattern, count=100)]
+        if not names:
+            return []
+        vals = await self.r.mget(names)
+        return [json.loads(v) for v in vals if v]
+
+    async def metrics(self) -> dict[str, Any]:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self.keys.current)
+        pipe.hgetall(self.keys.total)
+        current, total = await pipe.execute()
+        durations: dict[str, dict[str, str]] = {}
+        async for key in self.r.scan_iter(match=self.keys.duration_pattern, count=100):
+            kind = (_s(key) or "").rsplit(":", 1)[-1]
+            raw = await self.r.hgetall(key)
+            durations[kind] = {_s(k) or "": _s(v) or "0" for k, v in raw.items()}
+        return {
+            "current": {_s(k) or "": int(v) for k, v in current.items()},
+            "total": {_s(k) or "": int(v) for k, v in total.items()},
+            "durations": durations,
+        }
+
+
+class JobStore(_Base):
+    """The worker's side (also used by tests and benchmarks): synchronous."""
+
+    def __init__(self, client: redis.Redis, prefix: str, ttl: int) -> None:
+        super().__init__(prefix, ttl)
+        self.r = client
+        self._create = client.register_script(_CREATE)
+        self._start = client.register_script(_START)
+        self._finish = client.register_script(_FINISH)
+        self._cancel = client.register_script(_CANCEL)
+
+    def create(
+        self,
+        job_id: str,
+        kind: str,
+        spec: Mapping[str, Any],
+        *,
+        idempotency: tuple[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> tuple[str, bool]:
+        keys, args = self._create_args(job_id, kind, spec, idempotency, time.time(), extra)
+        return self._create_result(cast(list[Any], self._create(keys=keys, args=args)), idempotency)
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        return decode_record(cast(dict[bytes, bytes], self.r.hgetall(self.keys.job(job_id))))
+
+    def start(self, job_id: str, max_attempts: int) -> tuple[str, str]:
+        """Begin an attempt: ``("run", attempt)`` or why not (skip, canceled, exhausted,
+        missing). Partial artifacts of earlier attempts are deleted."""
+        k = self.keys
+        res = cast(
+            list[Any],
+            self._start(
+                keys=[k.job(job_id), k.current, k.total],
+                args=[repr(time.time()), max_attempts, self.ttl],
+            ),
+        )
+        verdict, info = _s(res[0]) or "", _s(res[1]) or ""
+        if verdict == "run":
+            stale = [k.staging(job_id, n) for n in range(1, int(info) + 1)]
+            self.r.delete(*stale)
+        return verdict, info
+
+    def progress(self, job_id: str, progress: Mapping[str, Any]) -> bool:
+        """Write progress; returns whether a cancel was requested."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(self.keys.job(job_id), "progress", json.dumps(progress))
+        pipe.hget(self.keys.job(job_id), "cancel_requested")
+        _, flag = pipe.execute()
+        return _s(flag) == "1"
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return _s(cast(bytes | None, self.r.hget(self.keys.job(job_id), "cancel_requested"))) == "1"
+
+    def cancel(self, job_id: str) -> tuple[str, str]:
+        k = self.keys
+        res = cast(
+            list[Any],
+            self._cancel(
+                keys=[k.job(job_id), k.current, k.total], args=[repr(time.time()), self.ttl]
+            ),
+        )
+        return _s(res[0]) or "", _s(res[1]) or ""
+
+    def stage_artifacts(
+        self, job_id: str, attempt: int | str, artifacts: Iterable[tuple[str, bytes]]
+    ) -> None:
+        key = self.keys.staging(job_id, attempt)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(key)
+        for name, data in artifacts:
+            pipe.hset(key, name, data)
+        pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def finish(
+        self,
+        job_id: str,
+        attempt: int | str,
+        status: str,
+        fields: Mapping[str, Any],
+        *,
+        kind: str | None = None,
+        duration: float | None = None,
+    ) -> bool:
+        """End attempt ``attempt`` with ``status``; on success its staged artifacts become the
+        job's artifacts in the same step. False when the attempt is no longer current."""
+        k = self.keys
+        ok = self._finish(
+            keys=[
+                k.job(job_id),
+                k.current,
+                k.total,
+                k.staging(job_id, attempt),
+                k.artifacts(job_id),
+            ],
+            args=[str(attempt), status, self.ttl, repr(time.time()), *_flatten(fields)],
+        )
+        if ok and kind is not None and duration is not None:
+            key = k.duration(kind)
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hincrby(key, bucket_label(duration), 1)
+            pipe.hincrbyfloat(key, "sum", duration)
+            pipe.hincrby(key, "count", 1)
+            pipe.expire(key, self.ttl)
+            pipe.execute()
+        return bool(ok)
+
+    def artifact(self, job_id: str, name: str) -> bytes | None:
+        return cast(bytes | None, self.r.hget(self.keys.artifacts(job_id), name))
+
+    def artifact_names(self, job_id: str) -> list[str]:
+        return sorted(
+            _s(n) or "" for n in cast(list[bytes], self.r.hkeys(self.keys.artifacts(job_id)))
+        )
+
+    def staging_keys(self, job_id: str) -> list[str]:
+        pattern = f"{self.keys.job(job_id)}:staging:*"
+        return [_s(k) or "" for k in self.r.scan_iter(match=pattern)]
+
+    def publish_catalog(self, entries: Mapping[str, Mapping[str, Any]]) -> None:
+        if not entries:
+            return
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.keys.catalog, mapping={n: json.dumps(e) for n, e in entries.items()})
+        pipe.expire(self.keys.catalog, self.ttl)
+        pipe.execute()
+
+    def heartbeat(self, name: str, info: Mapping[str, Any], ttl: float) -> None:
+        self.r.set(self.keys.worker(name), json.dumps(info), px=int(ttl * 1000))
+        self.r.expire(self.keys.catalog, self.ttl)
+
+    def drop_worker(self, name: str) -> None:
+        self.r.delete(self.keys.worker(name))

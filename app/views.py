@@ -1,0 +1,65 @@
+"""JSON shapes the API answers with: a job as clients see it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from app.kinds import summary
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_urls(job_id: str) -> dict[str, str]:
+    base = f"/jobs/{job_id}"
+    return {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel"}
+
+
+def _with_urls(node: Any, base: str) -> Any:
+    """Add ``urls`` beside every ``artifacts: {role: name}`` and ``image_url`` beside sweep rows'
+    ``image`` names, so clients need not build artifact URLs themselves."""
+    if isinstance(node, list):
+        return [_with_urls(v, base) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _with_urls(v, base) for k, v in node.items()}
+    arts = node.get("artifacts")
+    if isinstance(arts, dict) and all(isinstance(v, str) for v in arts.values()):
+        out["urls"] = {role: f"{base}/artifacts/{name}" for role, name in arts.items()}
+    img = node.get("image")
+    if isinstance(img, str) and img.endswith(".png"):
+        out["image_url"] = f"{base}/artifacts/{img}"
+    return out
+
+
+def job_view(rec: dict[str, Any], *, full: bool = True) -> dict[str, Any]:
+    """A job record as the API shows it; ``full=False`` leaves out the result (for lists)."""
+    job_id = str(rec["id"])
+    spec = rec.get("spec") or {}
+    started, finished = rec.get("started_at"), rec.get("finished_at")
+    out: dict[str, Any] = {
+        "id": job_id,
+        "kind": rec.get("kind"),
+        "status": rec.get("status"),
+        "summary": summary(str(rec.get("kind")), spec),
+        "created_at": iso(rec.get("created_at")),
+        "started_at": iso(started),
+        "finished_at": iso(finished),
+        "duration_s": round(finished - started, 3) if started and finished else None,
+        "attempts": rec.get("attempts", 0),
+        "cancel_requested": rec.get("cancel_requested", False),
+        "progress": rec.get("progress"),
+        "error": rec.get("error"),
+        "urls": job_urls(job_id),
+    }
+    base = out["urls"]["self"]
+    arts = rec.get("artifacts") or []
+    if full:
+        out["params"] = spec
+        out["result"] = _with_urls(rec.get("result"), base) if rec.get("result") else None
+        out["artifacts"] = [dict(a, url=f"{base}/artifacts/{a['name']}") for a in arts]
+    return out

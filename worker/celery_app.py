@@ -1,0 +1,124 @@
+"""The Celery app of the worker: ``celery -A worker.celery_app worker`` (see ``app.commands``).
+
+Reliability settings come from ``app.queue.celery_config`` (late acks, requeue on a lost worker,
+prefetch 1, one job at a time, visibility timeout above the hard time limit). The main worker
+process publishes the model catalog into Redis and keeps a heartbeat; models are loaded lazily
+once per pool process (after fork), see ``worker.tasks``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import redis
+from celery import Celery, signals
+
+from app.logs import configure_logging
+from app.queue import celery_config
+from app.settings import get_settings
+from app.store import JobStore
+
+settings = get_settings()
+app = Celery("tivis", include=["worker.tasks"])
+app.conf.update(celery_config(settings))
+log = logging.getLogger("tivis.worker")
+
+
+@signals.setup_logging.connect  # type: ignore[untyped-decorator]
+def _logging(**_: Any) -> None:
+    configure_logging(settings.log_level)
+
+
+def catalog_entries() -> dict[str, dict[str, Any]]:
+    """What this worker can run: per available model its description and labels."""
+    from worker.engine.models import Registry
+
+    reg = Registry(settings.models_dir, settings.weights_dir, settings.torch_home)
+    now = time.time()
+    return {
+        m.name: {"info": m.describe(), "labels": list(m.labels), "updated": now}
+        for m in reg.available()
+    }
+
+
+class Heartbeat:
+    """Publishes the catalog, then refreshes ``P:worker:<name>`` every ``heartbeat_seconds``
+    (the key lives three beats) and the catalog every minute, until stopped."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stop_event = threading.Event()
+        self.store = JobStore(
+            redis.Redis.from_url(settings.redis_url), settings.key_prefix, settings.ttl_seconds
+        )
+        self.models: list[str] = []
+        self.thread = threading.Thread(target=self._run, name="tivis-heartbeat", daemon=True)
+
+    def publish(self) -> None:
+        entries = catalog_entries()
+        self.store.publish_catalog(entries)
+        self.models = sorted(entries)
+
+    def beat(self) -> None:
+        info = {
+            "name": self.name,
+            "pid": os.getpid(),
+            "models": self.models,
+            "device": settings.device,
+            "at": time.time(),
+        }
+        self.store.heartbeat(self.name, info, ttl=3 * settings.heartbeat_seconds)
+
+    def _run(self) -> None:
+        last_publish = time.monotonic()
+        while not self.stop_event.wait(settings.heartbeat_seconds):
+            try:
+                if time.monotonic() - last_publish > 60:
+                    self.publish()
+                    last_publish = time.monotonic()
+                self.beat()
+            except Exception:
+                log.exception("heartbeat failed", extra={"worker": self.name})
+
+    def start(self) -> None:
+        self.publish()
+        self.beat()
+        self.thread.start()
+        log.info("worker ready", extra={"worker": self.name, "models": self.models})
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        try:
+            self.store.drop_worker(self.name)
+        except Exception:
+            log.exception("could not drop heartbeat", extra={"worker": self.name})
+
+
+_heartbeat: Heartbeat | None = None
+
+
+@signals.worker_ready.connect  # type: ignore[untyped-decorator]
+def _ready(sender: Any = None, **_: Any) -> None:
+    global _heartbeat
+    host = getattr(sender, "hostname", None) or socket.gethostname()
+    _heartbeat = Heartbeat(f"{host}:{os.getpid()}")
+    _heartbeat.start()
+
+
+@signals.worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _shutdown(**_: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
+
+
+@signals.worker_process_init.connect  # type: ignore[untyped-decorator]
+def _process_init(**_: Any) -> None:
+    """In each pool process after fork: fresh Redis connections and the model registry."""
+    from worker import tasks
+
+    tasks.reset_state()

@@ -1,0 +1,156 @@
+"""Thin Celery tasks: read the job, run the pipeline with a progress callback, store results.
+
+One task, ``tivis.run_job(job_id)``, runs every kind: the job's kind and spec live in its Redis
+record (the API wrote them), so messages stay tiny and the record is the one truth. Each attempt
+counts in the record; artifacts are staged per attempt and become the job's artifacts in the
+same atomic step that marks it succeeded, so a job redelivered after a lost worker ends with
+exactly one set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import BaseModel
+
+from app.queue import RUN_JOB_TASK
+from app.settings import get_settings
+from app.store import JobStore
+from specs import SweepSpec, VisualizeSpec
+from worker.celery_app import app
+
+log = logging.getLogger("tivis.worker")
+
+
+class JobCanceled(Exception):
+    """Raised from the progress callback when the job's cancel flag is set."""
+
+
+@dataclass(frozen=True)
+class Runner:
+    spec: type[BaseModel]
+    run: str  # function name in worker.pipeline (imported lazily: torch)
+
+
+RUNNERS: dict[str, Runner] = {
+    "visualize": Runner(VisualizeSpec, "run_visualize"),
+    "sweep": Runner(SweepSpec, "run_sweep"),
+}
+
+
+class _State:
+    """Per-process state: settings, the store, the model registry (models cached once loaded)."""
+
+    def __init__(self) -> None:
+        from worker.engine.models import Registry
+        from worker.engine.optimize import Runtime
+
+        self.settings = get_settings()
+        s = self.settings
+        self.store = JobStore(redis.Redis.from_url(s.redis_url), s.key_prefix, s.ttl_seconds)
+        self.registry = Registry(s.models_dir, s.weights_dir, s.torch_home)
+        self.runtime = Runtime(amp=s.amp, channels_last=s.channels_last)
+        self.pid = os.getpid()
+
+
+_state: _State | None = None
+
+
+def reset_state() -> None:
+    global _state
+    _state = None
+
+
+def state() -> _State:
+    global _state
+    if _state is None or _state.pid != os.getpid():
+        _state = _State()
+    return _state
+
+
+def _progress(st: _State, job_id: str, attempt: int) -> Callable[[int, int, int, float], None]:
+    every = st.settings.cancel_check_seconds
+    last = [0.0]
+
+    def report(rnd: int, rounds: int, step: int, q: float) -> None:
+        now = time.monotonic()
+        if now - last[0] < every:
+            return
+        last[0] = now
+        pct = round(100.0 * min(rnd, rounds) / max(rounds, 1), 1)
+        info = {"round": rnd, "rounds": rounds, "step": step, "q_c": q, "percent": pct,
+                "attempt": attempt}  # fmt: skip
+        if st.store.progress(job_id, info):
+            raise JobCanceled(job_id)
+
+    return report
+
+
+def _error(exc: BaseException) -> dict[str, str]:
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
+@app.task(name=RUN_JOB_TASK)  # type: ignore[untyped-decorator]
+def run_job(job_id: str) -> str:
+    """Run one attempt of job ``job_id``; returns its final status (or why it did not run)."""
+    st = state()
+    verdict, info = st.store.start(job_id, st.settings.max_attempts)
+    ctx = {"job_id": job_id}
+    if verdict != "run":
+        log.info("job not run", extra={**ctx, "verdict": verdict, "info": info})
+        return verdict
+    attempt = int(info)
+    ctx["attempt"] = str(attempt)
+    rec = st.store.get(job_id)
+    assert rec is not None
+    kind = str(rec["kind"])
+    t0 = time.monotonic()
+    log.info("job started", extra={**ctx, "kind": kind})
+
+    def finish(status: str, fields: dict[str, Any]) -> str:
+        took = time.monotonic() - t0
+        ok = st.store.finish(job_id, attempt, status, fields, kind=kind, duration=took)
+        log.info(
+            "job finished" if ok else "job finished, attempt superseded",
+            extra={**ctx, "kind": kind, "status": status, "seconds": round(took, 3)},
+        )
+        return status
+
+    try:
+        runner = RUNNERS.get(kind)
+        if runner is None:
+            raise ValueError(f"this worker cannot run jobs of kind {kind!r}")
+        spec = runner.spec.model_validate(rec["spec"])
+        from worker import pipeline
+
+        run = getattr(pipeline, runner.run)
+        out = run(
+            spec,
+            st.registry,
+            device=st.settings.device,
+            runtime=st.runtime,
+            progress=_progress(st, job_id, attempt),
+        )
+    except JobCanceled:
+        return finish("canceled", {})
+    except SoftTimeLimitExceeded:
+        err = {"type": "TimeLimitExceeded",
+               "message": f"the job ran longer than {st.settings.soft_time_limit} s"}  # fmt: skip
+        return finish("failed", {"error": err})
+    except Exception as exc:
+        log.exception("job failed", extra={**ctx, "kind": kind})
+        return finish("failed", {"error": _error(exc)})
+    st.store.stage_artifacts(job_id, attempt, ((a.name, a.data) for a in out.artifacts))
+    listing = [
+        {"name": a.name, "media_type": a.media_type, "size": len(a.data)} for a in out.artifacts
+    ]
+    prog = rec.get("progress") or {}
+    done = {**prog, "percent": 100.0, "attempt": attempt}
+    return finish("succeeded", {"result": out.result, "artifacts": listing, "progress": done})
