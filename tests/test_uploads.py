@@ -46,9 +46,9 @@ def png_claiming(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-def rejected(data: bytes, **kw: int) -> UploadRejected:
+def rejected(data: bytes, max_bytes: int = 10**8, max_pixels: int = 40_000_000) -> UploadRejected:
     with pytest.raises(UploadRejected) as info:
-        check_upload(data, **kw)
+        check_upload(data, max_bytes, max_pixels)
     return info.value
 
 

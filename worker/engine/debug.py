@@ -269,7 +269,7 @@ def classify_panel(
         font_size: text size in pixels.
 
     Returns:
-        (3, H, W) uint8 with ``W = len(images) · (cell + pad) + pad``.
+        (3, H, W) uint8 with ``W = len(images) · cell + (len(images) + 1) · pad``.
     """
     if not images or len(titles) != len(images):
         raise ValueError(f"expected one title per image, got {len(titles)} for {len(images)}")
@@ -317,7 +317,7 @@ def screen_panel(
         font_size: text size in pixels.
 
     Returns:
-        (3, H, W) uint8 with ``W = 2 · (cell + pad) + pad``.
+        (3, H, W) uint8 with ``W = 2 · cell + 3 · pad``.
     """
     if not rows:
         raise ValueError("expected at least one model row, got 0")
