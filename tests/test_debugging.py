@@ -243,3 +243,40 @@ def test_screening_the_cup_changes_the_prediction(registry: Registry, tmp_path: 
     assert panel.shape[2] == 2 * 224 + 3 * 8
     (tmp_path / "panel.png").write_bytes(artifact(out, "panel.png"))  # decodes from disk too
     assert decode_image((tmp_path / "panel.png").read_bytes()).shape == panel.shape
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_classify_and_screen(
+    two_models: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from worker import cli
+
+    assert two_models.models_dir is not None
+    monkeypatch.setenv("TIVIS_MODELS_DIR", str(two_models.models_dir))
+    img = tmp_path / "in.png"
+    img.write_bytes(png(64, 80))
+    out = tmp_path / "c"
+    argv = ["classify", "--image", str(img), "--model", "tiny", "--model", "tiny2"]
+    assert cli.main([*argv, "--top-k", "2", "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["images"][0]["name"] == "in.png"
+    assert len(result["images"][0]["predictions"]["tiny2"]) == 2
+    assert (out / "panel.png").is_file()
+    out = tmp_path / "s"
+    argv = ["screen", "--image", str(img), "--model", "tiny", "--rect", "0,0,8,8"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {
+        "screened-tiny.png",
+        "panel.png",
+        "screen.json",
+        "result.json",
+    }
+    assert cli.main(["screen", "--image", str(img), "--model", "tiny", "--rect", "0,0,99,8"]) == 2
+    assert "extends past the 80×64 image" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["screen", "--image", str(img), "--rect", "1,2,3"])

@@ -2,6 +2,8 @@
 
     python -m worker.engine visualize --model efficientnet_lite0 --target "soccer ball" --out out/
     python -m worker.engine sweep --model efficientnet_lite0 --target "soccer ball" --out out/
+    python -m worker.engine classify --image cat.png --image out/grid.png --top-k 5 --out out/
+    python -m worker.engine screen --image ball.jpg --rect 120,80,200,180 --model resnet50
 
 Every option of the job specs can be given as JSON with ``--spec '{...}'`` (the same body the
 HTTP API takes); the flags below override the common ones.
@@ -102,7 +104,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     common(sw)
     sw.add_argument("--target", help="class name or index")
     sw.add_argument("--levels", help="comma-separated gray levels (default 0,10,...,250,255)")
+    for name, what in (
+        ("classify", "top-k of images under one or more models, as a labelled panel"),
+        ("screen", "fill rectangles with each model's zero; top-k before and after"),
+    ):
+        dbg = sub.add_parser(name, help=what)
+        dbg.add_argument("--image", action="append", type=Path, help="PNG, JPEG or WebP file")
+        dbg.add_argument("--model", action="append", help="model name (repeatable)")
+        dbg.add_argument("--top-k", dest="top_k", type=int, help="predictions per model (5)")
+        dbg.add_argument("--spec", help="the whole job spec as JSON (as in the HTTP API)")
+        dbg.add_argument("--device", default="auto", help="auto, cpu or cuda")
+        dbg.add_argument("--out", type=Path, default=Path("out"), help="output folder")
+        if name == "screen":
+            dbg.add_argument(
+                "--rect", action="append", help="x,y,width,height in image pixels (repeatable)"
+            )
     args = parser.parse_args(argv)
+    if args.command in ("classify", "screen"):
+        return _debug(parser, args)
 
     from worker import pipeline
     from worker.engine.optimize import Runtime
@@ -136,5 +155,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"\nerror: {exc}\n")
         return 2
     bar.done()
+    _write(args.out, output)
+    return 0
+
+
+def _debug(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``classify`` and ``screen``: read the image files, run the job, write the artifacts."""
+    from specs.debug import ClassifySpec, ScreenSpec
+
+    body: dict[str, Any] = json.loads(args.spec) if args.spec else {}
+    if args.model:
+        body.pop("model", None)
+        body["models"] = args.model
+    if args.top_k is not None:
+        body["top_k"] = args.top_k
+    if not args.image:
+        parser.error("give at least one --image FILE")
+    images: dict[str, bytes] = {}
+    for path in args.image:
+        try:
+            images[path.name if path.name not in images else str(path)] = path.read_bytes()
+        except OSError as exc:
+            parser.error(f"cannot read {path}: {exc}")
+    try:
+        if args.command == "screen":
+            for text in args.rect or []:
+                parts = text.split(",")
+                if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
+                    parser.error(f"--rect takes x,y,width,height in pixels, got {text!r}")
+                x, y, w, h = (int(p) for p in parts)
+                body.setdefault("rectangles", []).append({"x": x, "y": y, "width": w, "height": h})
+            spec: ClassifySpec | ScreenSpec = ScreenSpec.model_validate(body)
+        else:
+            spec = ClassifySpec.model_validate(body)
+    except ValidationError as exc:
+        parser.error(str(exc))
+    from worker import debugging
+
+    try:
+        if isinstance(spec, ScreenSpec):
+            output = debugging.run_screen(spec, _registry(), images, device=args.device)
+        else:
+            output = debugging.run_classify(spec, _registry(), images, device=args.device)
+    except (ValueError, FileNotFoundError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
     _write(args.out, output)
     return 0
