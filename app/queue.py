@@ -29,6 +29,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {
             "visibility_timeout": vt,
             "global_keyprefix": broker_prefix(settings),
+            # sweep for messages of lost workers every few seconds (kombu's default is
+            # every 10 x 10 s), so redelivery comes soon after the visibility timeout
+            "unacked_restore_interval": min(10, max(1, vt // 5)),
+            "unacked_restore_throttle": 1,
         },
         "broker_connection_retry_on_startup": True,
         "task_default_queue": settings.queue,

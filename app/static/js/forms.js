@@ -1,0 +1,715 @@
+// The four "new job" forms: visualize, entropy sweep, classify, screen.
+import * as api from "./api.js";
+import { h, $, $$, clear, errorBox, toast, copyText } from "./ui.js";
+
+// Defaults from specs.py / SPEC.md; the API echoes what a job really ran with.
+const DEFAULT_SCHEDULE = [{ op: "rotate", value: 10, repeat: 36 }];
+const DEFAULT_LEVELS = [...Array.from({ length: 26 }, (_, i) => i * 10), 255];
+
+// The multipart field names of POST /classify and POST /screen (issue 4). One place to adapt.
+export const UPLOAD_FIELDS = {
+  classifyImages: "images",
+  screenImage: "image",
+  models: "models",
+  topK: "top_k",
+  rects: "rects",
+};
+
+let catalogPromise = null;
+let methodsPromise = null;
+
+/** GET /models (cached for the page's life; refreshed on failure). */
+export function catalog() {
+  if (!catalogPromise) {
+    catalogPromise = api.get("/models").then((r) => r.items || []);
+    catalogPromise.catch(() => (catalogPromise = null));
+  }
+  return catalogPromise;
+}
+
+/** The visualize methods the API accepts, read from its OpenAPI schema (e.g. "invariant+"). */
+function methods() {
+  if (!methodsPromise) {
+    methodsPromise = fetch("/openapi.json")
+      .then((r) => r.json())
+      .then((doc) => {
+        const schemas = doc?.components?.schemas || {};
+        const spec = schemas.VisualizeSpec || {};
+        const m = spec.properties?.method || {};
+        const found = m.enum || (m.anyOf || []).flatMap((x) => x.enum || []);
+        return found.length ? found : ["invariant", "vanilla"];
+      })
+      .catch(() => ["invariant", "vanilla"]);
+  }
+  return methodsPromise;
+}
+
+const METHOD_HELP = {
+  invariant: "the paper's Algorithm 1: optimize, rotate, repeat",
+  vanilla: "one long optimize round, no transformations",
+  "invariant+": "preset: the paper's schedule plus Fourier colour and random jitter",
+};
+
+// ---------------------------------------------------------------- components
+
+function field(label, control, hint) {
+  return h("label.field", h("span.field-label", label), control, hint ? h("small.hint", hint) : null);
+}
+
+function numberInput(name, value, { min, max, step = 1, placeholder } = {}) {
+  return h("input", { type: "number", name, value: value ?? "", min, max, step, placeholder });
+}
+
+/** Checkbox chips for models; returns {el, values(), onChange(fn)}. */
+function modelPicker(name, { multiple = true } = {}) {
+  const box = h("div.chips", { dataset: { field: name } }, h("span.muted", "loading models…"));
+  const listeners = [];
+  catalog()
+    .then((models) => {
+      clear(box);
+      if (!models.length) {
+        box.append(h("span.muted", "no models published yet: is a worker running?"));
+        return;
+      }
+      const preferred = models.find((m) => m.name === "efficientnet_lite0") || models[0];
+      for (const m of models) {
+        const input = h("input", {
+          type: multiple ? "checkbox" : "radio",
+          name,
+          value: m.name,
+          checked: m === preferred,
+          on: { change: () => listeners.forEach((fn) => fn()) },
+        });
+        box.append(
+          h(
+            "label.chip-option",
+            { title: `${m.architecture || ""} · ${m.input_size} px · ${m.num_classes} classes` },
+            input,
+            h("span", m.name),
+          ),
+        );
+      }
+      listeners.forEach((fn) => fn());
+    })
+    .catch((err) => {
+      clear(box).append(errorBox(err, "Could not load the models"));
+    });
+  return {
+    el: box,
+    values: () => $$("input:checked", box).map((i) => i.value),
+    onChange: (fn) => listeners.push(fn),
+  };
+}
+
+/**
+ * Class search as you type: suggestions from GET /models/<model>/classes?q=. Picked classes
+ * become chips (several when multiple). Enter takes the first suggestion (or the typed index).
+ */
+function classPicker(modelOf, { multiple = true, name = "targets" } = {}) {
+  const chosen = [];
+  const chips = h("div.chips.chosen");
+  const input = h("input", {
+    type: "search",
+    name: `${name}-search`,
+    placeholder: "search classes, e.g. soccer ball",
+    autocomplete: "off",
+    spellcheck: false,
+  });
+  const list = h("ul.suggest", { role: "listbox", hidden: true });
+  const wrap = h("div.class-picker", { dataset: { field: name } }, chips, h("div.suggest-wrap", input, list));
+  let active = 0;
+  let seq = 0;
+
+  function render() {
+    clear(chips);
+    for (const c of chosen) {
+      chips.append(
+        h(
+          "span.chip",
+          { dataset: { index: c.index } },
+          h("span.chip-index", `#${c.index}`),
+          c.label,
+          h("button.chip-x", {
+            type: "button",
+            title: "remove",
+            text: "×",
+            on: { click: () => remove(c) },
+          }),
+        ),
+      );
+    }
+    input.placeholder = chosen.length && !multiple ? "replace the class…" : "search classes, e.g. soccer ball";
+  }
+  function remove(c) {
+    chosen.splice(chosen.indexOf(c), 1);
+    render();
+  }
+  function pick(c) {
+    if (!multiple) chosen.length = 0;
+    if (!chosen.some((x) => x.index === c.index)) chosen.push(c);
+    input.value = "";
+    list.hidden = true;
+    render();
+  }
+  function highlight() {
+    $$("li", list).forEach((li, i) => li.classList.toggle("active", i === active));
+  }
+  async function search() {
+    const model = modelOf();
+    const q = input.value.trim();
+    const my = ++seq;
+    if (!model || !q) {
+      list.hidden = true;
+      return;
+    }
+    try {
+      const res = await api.get(
+        `/models/${encodeURIComponent(model)}/classes?q=${encodeURIComponent(q)}&limit=12`,
+      );
+      if (my !== seq) return;
+      clear(list);
+      active = 0;
+      const items = res.items || [];
+      if (!items.length) list.append(h("li.empty", `no class matches “${q}” in ${model}`));
+      for (const it of items) {
+        list.append(
+          h(
+            "li",
+            { role: "option", on: { mousedown: (e) => (e.preventDefault(), pick(it)) } },
+            h("span.chip-index", `#${it.index}`),
+            it.label,
+          ),
+        );
+      }
+      list.hidden = false;
+      highlight();
+    } catch (err) {
+      if (my !== seq) return;
+      clear(list).append(h("li.empty.error-text", err.message));
+      list.hidden = false;
+    }
+  }
+  let timer = null;
+  input.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(search, 120);
+  });
+  input.addEventListener("blur", () => setTimeout(() => (list.hidden = true), 150));
+  input.addEventListener("keydown", (e) => {
+    const items = $$("li:not(.empty)", list);
+    if (e.key === "ArrowDown" || e.key === "ArrowUp") {
+      e.preventDefault();
+      if (!items.length) return;
+      active = (active + (e.key === "ArrowDown" ? 1 : items.length - 1)) % items.length;
+      highlight();
+    } else if (e.key === "Enter") {
+      e.preventDefault();
+      const text = input.value.trim();
+      if (!list.hidden && items[active]) {
+        items[active].dispatchEvent(new MouseEvent("mousedown"));
+      } else if (/^\d+$/.test(text)) {
+        pick({ index: Number(text), label: `class ${text}` });
+      }
+    } else if (e.key === "Backspace" && !input.value && chosen.length) {
+      remove(chosen[chosen.length - 1]);
+    }
+  });
+  return {
+    el: wrap,
+    input,
+    values: () => chosen.map((c) => c.label),
+    clear: () => ((chosen.length = 0), render()),
+  };
+}
+
+/** Rows of schedule operations: op, value, repeat. */
+function scheduleEditor(initial = DEFAULT_SCHEDULE) {
+  const rows = h("div.schedule-rows");
+  function row(op = { op: "rotate", value: 10, repeat: 1 }) {
+    const sel = h(
+      "select",
+      { name: "op" },
+      ["rotate", "scale", "flip_h", "flip_v"].map((o) => h("option", { value: o, selected: o === op.op }, o)),
+    );
+    const value = numberInput("value", op.value ?? "", { step: "any", placeholder: "°" });
+    const repeat = numberInput("repeat", op.repeat ?? 1, { min: 1, max: 360 });
+    const unit = h("span.unit");
+    const sync = () => {
+      const needs = sel.value === "rotate" || sel.value === "scale";
+      value.disabled = !needs;
+      unit.textContent = sel.value === "rotate" ? "degrees" : sel.value === "scale" ? "factor" : "";
+      if (!needs) value.value = "";
+      else if (value.value === "") value.value = sel.value === "rotate" ? 10 : 1.1;
+    };
+    sel.addEventListener("change", sync);
+    const el = h(
+      "div.schedule-row",
+      sel,
+      value,
+      unit,
+      h("span.times", "×"),
+      repeat,
+      h("button.icon-button", {
+        type: "button",
+        title: "remove this step",
+        text: "×",
+        on: { click: () => el.remove() },
+      }),
+    );
+    sync();
+    return el;
+  }
+  for (const op of initial) rows.append(row(op));
+  const el = h(
+    "div.schedule",
+    rows,
+    h(
+      "div.row-actions",
+      h("button.link-button", { type: "button", text: "+ add step", on: { click: () => rows.append(row()) } }),
+      h("button.link-button", {
+        type: "button",
+        text: "paper default (rotate 10° × 36)",
+        on: {
+          click: () => {
+            clear(rows);
+            DEFAULT_SCHEDULE.forEach((op) => rows.append(row(op)));
+          },
+        },
+      }),
+    ),
+  );
+  return {
+    el,
+    values: () =>
+      $$(".schedule-row", rows).map((r) => {
+        const op = $("select", r).value;
+        const out = { op, repeat: Number($("[name=repeat]", r).value || 1) };
+        if (op === "rotate" || op === "scale") out.value = Number($("[name=value]", r).value);
+        return out;
+      }),
+  };
+}
+
+function grayControl(name = "initial_gray", value = 0) {
+  const range = h("input", { type: "range", min: 0, max: 255, value, name: `${name}-range` });
+  const num = numberInput(name, value, { min: 0, max: 255 });
+  const swatch = h("span.swatch");
+  const sync = (src) => {
+    const v = Math.max(0, Math.min(255, Number(src.value) || 0));
+    range.value = v;
+    num.value = v;
+    swatch.style.background = `rgb(${v},${v},${v})`;
+  };
+  range.addEventListener("input", () => sync(range));
+  num.addEventListener("input", () => sync(num));
+  sync(num);
+  return { el: h("div.gray-control", range, num, swatch), value: () => Number(num.value) };
+}
+
+/** Optimizer and stopping settings (shared by visualize and sweep). */
+function advancedOptimizer() {
+  const f = {
+    objective: h(
+      "select",
+      { name: "objective" },
+      h("option", { value: "logit" }, "logit"),
+      h("option", { value: "log_prob" }, "log-probability"),
+    ),
+    lr: numberInput("lr", 4, { min: 0, max: 64, step: "any" }),
+    q_target: numberInput("q_target", 0.99, { min: 0, max: 1, step: "any" }),
+    max_steps_per_round: numberInput("max_steps_per_round", 100, { min: 1, max: 5000 }),
+    max_total_steps: numberInput("max_total_steps", 3000, { min: 1, max: 100000 }),
+    size: numberInput("size", "", { min: 32, max: 512, placeholder: "model's" }),
+    criterion: h(
+      "select",
+      { name: "criterion" },
+      h("option", { value: "off" }, "off (whole schedule)"),
+      h("option", { value: "min" }, "min test p ≥ threshold"),
+      h("option", { value: "mean" }, "mean test p ≥ threshold"),
+    ),
+    threshold: numberInput("threshold", 0.9, { min: 0, max: 1, step: "any" }),
+  };
+  const el = h(
+    "div.grid-3",
+    field("Objective", f.objective),
+    field("Adam lr (pixels)", f.lr),
+    field("q target", f.q_target),
+    field("Max steps / round", f.max_steps_per_round),
+    field("Max total steps", f.max_total_steps),
+    field("Image size (px)", f.size),
+    field("Early stop", f.criterion),
+    field("Threshold", f.threshold),
+  );
+  return {
+    el,
+    apply(body) {
+      body.optimizer = {
+        objective: f.objective.value,
+        lr: Number(f.lr.value),
+        q_target: Number(f.q_target.value),
+        max_steps_per_round: Number(f.max_steps_per_round.value),
+        max_total_steps: Number(f.max_total_steps.value),
+      };
+      if (f.size.value) body.size = Number(f.size.value);
+      if (f.criterion.value !== "off") {
+        body.criterion = { kind: f.criterion.value, threshold: Number(f.threshold.value) };
+      }
+    },
+  };
+}
+
+/** The submit row: submit button, "copy as curl", the message area. */
+function submitRow(label, path, build, { multipart = false } = {}) {
+  const msg = h("div.form-message", { "aria-live": "polite" });
+  const btn = h("button.primary", { type: "submit", text: label });
+  const curl = multipart
+    ? null
+    : h("button.secondary", {
+        type: "button",
+        text: "Copy as curl",
+        on: {
+          click: async () => {
+            try {
+              const ok = await copyText(api.curlFor("POST", path, build()));
+              toast(ok ? "curl command copied" : "could not copy", ok ? "ok" : "error");
+            } catch (err) {
+              clear(msg).append(errorBox(err));
+            }
+          },
+        },
+      });
+  return { el: h("div.submit-row", btn, curl, msg), msg, btn };
+}
+
+async function submitJob(row, path, send) {
+  clear(row.msg);
+  row.btn.disabled = true;
+  row.btn.classList.add("busy");
+  try {
+    const job = await send();
+    toast(`${job.kind || "job"} ${job.id.slice(0, 8)} queued`, "ok");
+    location.hash = `#/jobs/${job.id}`;
+  } catch (err) {
+    row.msg.append(errorBox(err, "The API refused the job"));
+  } finally {
+    row.btn.disabled = false;
+    row.btn.classList.remove("busy");
+  }
+}
+
+// ---------------------------------------------------------------- forms
+
+function visualizeForm() {
+  const models = modelPicker("model");
+  const targets = classPicker(() => models.values()[0]);
+  const method = h("select", { name: "method" });
+  const methodHelp = h("small.hint");
+  methods().then((ms) => {
+    for (const m of ms) method.append(h("option", { value: m }, m));
+    methodHelp.textContent = METHOD_HELP[method.value] || "";
+  });
+  method.addEventListener("change", () => (methodHelp.textContent = METHOD_HELP[method.value] || ""));
+  const gray = grayControl();
+  const schedule = scheduleEditor();
+  const seed = numberInput("seed", 0, { min: 0 });
+  const judges = modelPicker("judges");
+  judges.onChange(() => {});
+  const adv = advancedOptimizer();
+
+  const build = () => {
+    const ms = models.values();
+    const body = {
+      model: ms.length === 1 ? ms[0] : ms,
+      targets: targets.values(),
+      method: method.value,
+      initial_gray: gray.value(),
+      schedule: schedule.values(),
+      seed: Number(seed.value || 0),
+    };
+    adv.apply(body);
+    const js = judges.values().filter((j) => !ms.includes(j));
+    if (js.length) body.judges = js;
+    return body;
+  };
+  const row = submitRow("Visualize", "/visualize", build);
+  const form = h(
+    "form#form-visualize.job-form",
+    {
+      novalidate: true,
+      on: {
+        submit: (e) => {
+          e.preventDefault();
+          submitJob(row, "/visualize", () => api.post("/visualize", build()));
+        },
+      },
+    },
+    field("Models", models.el, "several models give a model × target grid"),
+    field("Target classes", targets.el, "type to search; Enter picks; several targets run as one batch"),
+    h("div.grid-2", field("Method", method, methodHelp), field("Seed", seed)),
+    field("Initial gray", gray.el, "0 = black (the paper's default)"),
+    field("Schedule", schedule.el, "one transformation per round"),
+    h(
+      "details.advanced",
+      h("summary", "Optimizer, stopping, size and judges"),
+      adv.el,
+      field("Judges", judges.el, "other models whose view of the result goes into the quality report"),
+    ),
+    row.el,
+  );
+  // judges start unchecked
+  judges.onChange(() => {});
+  catalog().then(() => $$("input", judges.el).forEach((i) => (i.checked = false))).catch(() => {});
+  return form;
+}
+
+function sweepForm() {
+  const models = modelPicker("sweep-model", { multiple: false });
+  const target = classPicker(() => models.values()[0], { multiple: false, name: "target" });
+  const levels = h("input", {
+    type: "text",
+    name: "gray_levels",
+    value: "",
+    placeholder: "default: 0, 10, …, 250, 255 (27 levels)",
+  });
+  const schedule = scheduleEditor();
+  const seed = numberInput("seed", 0, { min: 0 });
+  const adv = advancedOptimizer();
+  const ent = {
+    window: numberInput("window", 16, { min: 2, max: 128 }),
+    stride: numberInput("stride", 4, { min: 1, max: 128 }),
+    window2: numberInput("window2", 8, { min: 2, max: 128 }),
+    stride2: numberInput("stride2", 2, { min: 1, max: 128 }),
+  };
+  const build = () => {
+    const body = {
+      model: models.values()[0],
+      target: target.values()[0],
+      schedule: schedule.values(),
+      seed: Number(seed.value || 0),
+    };
+    const text = levels.value.trim();
+    if (text) body.gray_levels = text.split(/[\s,;]+/).filter(Boolean).map(Number);
+    adv.apply(body);
+    body.entropy = Object.fromEntries(Object.entries(ent).map(([k, v]) => [k, Number(v.value)]));
+    return body;
+  };
+  const row = submitRow("Run sweep", "/entropy-sweep", build);
+  return h(
+    "form#form-sweep.job-form",
+    {
+      novalidate: true,
+      on: {
+        submit: (e) => {
+          e.preventDefault();
+          submitJob(row, "/entropy-sweep", () => api.post("/entropy-sweep", build()));
+        },
+      },
+    },
+    h("p.form-intro", "Visualize one class from many initial gray levels in one batch and measure the 2D and second-order entropy of each result (paper section 2.2)."),
+    field("Model", models.el),
+    field("Target class", target.el),
+    field("Gray levels", levels, "comma-separated 0..255; empty for the 27 default levels"),
+    field("Schedule", schedule.el),
+    field("Seed", seed),
+    h(
+      "details.advanced",
+      h("summary", "Optimizer, stopping, size and entropy windows"),
+      adv.el,
+      h(
+        "div.grid-4",
+        field("Window", ent.window),
+        field("Stride", ent.stride),
+        field("2nd window", ent.window2),
+        field("2nd stride", ent.stride2),
+      ),
+    ),
+    row.el,
+  );
+}
+
+function fileDrop(name, { multiple }) {
+  const input = h("input", { type: "file", name, accept: "image/png,image/jpeg,image/webp", multiple });
+  const previews = h("div.previews");
+  input.addEventListener("change", () => {
+    clear(previews);
+    for (const f of input.files) {
+      const url = URL.createObjectURL(f);
+      previews.append(h("figure.preview", h("img", { src: url, alt: f.name }), h("figcaption", f.name)));
+    }
+  });
+  return { el: h("div.file-drop", input, previews), input };
+}
+
+function classifyForm() {
+  const files = fileDrop("images", { multiple: true });
+  const models = modelPicker("classify-models");
+  const topk = numberInput("top_k", 5, { min: 1, max: 20 });
+  const row = submitRow("Classify", "/classify", null, { multipart: true });
+  const send = () => {
+    if (!files.input.files.length) throw new api.ApiError(0, { title: "Choose at least one image" });
+    const fd = new FormData();
+    for (const f of files.input.files) fd.append(UPLOAD_FIELDS.classifyImages, f);
+    for (const m of models.values()) fd.append(UPLOAD_FIELDS.models, m);
+    fd.append(UPLOAD_FIELDS.topK, topk.value || "5");
+    return api.request("POST", "/classify", { form: fd });
+  };
+  return h(
+    "form#form-classify.job-form",
+    {
+      novalidate: true,
+      on: { submit: (e) => (e.preventDefault(), submitJob(row, "/classify", send)) },
+    },
+    h("p.form-intro", "Top predictions of one or more images under one or more models, side by side (PNG, JPEG or WebP)."),
+    field("Images", files.el),
+    field("Models", models.el),
+    field("Top k", topk),
+    row.el,
+  );
+}
+
+/** Draw rectangles on the image with the mouse; coordinates in image pixels. */
+function rectCanvas() {
+  const canvas = h("canvas.screen-canvas", { width: 480, height: 320 });
+  const list = h("ul.rect-list");
+  const rects = [];
+  let img = null;
+  let scale = 1;
+  let drag = null;
+
+  function draw(extra) {
+    const ctx = canvas.getContext("2d");
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    if (!img) {
+      ctx.fillStyle = "#f1f4f8";
+      ctx.fillRect(0, 0, canvas.width, canvas.height);
+      ctx.fillStyle = "#7a8699";
+      ctx.font = "14px system-ui, sans-serif";
+      ctx.textAlign = "center";
+      ctx.fillText("choose an image, then drag to draw rectangles", canvas.width / 2, canvas.height / 2);
+      return;
+    }
+    ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
+    for (const [i, r] of [...rects, ...(extra ? [extra] : [])].entries()) {
+      ctx.fillStyle = "rgba(220, 53, 69, 0.35)";
+      ctx.strokeStyle = "#dc3545";
+      ctx.lineWidth = 2;
+      ctx.fillRect(r.x * scale, r.y * scale, r.width * scale, r.height * scale);
+      ctx.strokeRect(r.x * scale, r.y * scale, r.width * scale, r.height * scale);
+      if (i < rects.length) {
+        ctx.fillStyle = "#fff";
+        ctx.font = "bold 13px system-ui, sans-serif";
+        ctx.fillText(String(i + 1), r.x * scale + 5, r.y * scale + 15);
+      }
+    }
+  }
+  function renderList() {
+    clear(list);
+    rects.forEach((r, i) =>
+      list.append(
+        h(
+          "li",
+          h("span.rect-no", String(i + 1)),
+          `x ${r.x}, y ${r.y}, ${r.width} × ${r.height} px`,
+          h("button.icon-button", {
+            type: "button",
+            text: "×",
+            title: "remove",
+            on: { click: () => (rects.splice(i, 1), renderList(), draw()) },
+          }),
+        ),
+      ),
+    );
+    if (!rects.length) list.append(h("li.muted", "no rectangle yet"));
+  }
+  function toImage(e) {
+    const b = canvas.getBoundingClientRect();
+    const x = ((e.clientX - b.left) * canvas.width) / b.width / scale;
+    const y = ((e.clientY - b.top) * canvas.height) / b.height / scale;
+    return { x: Math.max(0, Math.min(img.naturalWidth, x)), y: Math.max(0, Math.min(img.naturalHeight, y)) };
+  }
+  const rectOf = (a, b) => ({
+    x: Math.round(Math.min(a.x, b.x)),
+    y: Math.round(Math.min(a.y, b.y)),
+    width: Math.round(Math.abs(a.x - b.x)),
+    height: Math.round(Math.abs(a.y - b.y)),
+  });
+  canvas.addEventListener("mousedown", (e) => {
+    if (!img) return;
+    drag = toImage(e);
+  });
+  canvas.addEventListener("mousemove", (e) => {
+    if (drag) draw(rectOf(drag, toImage(e)));
+  });
+  window.addEventListener("mouseup", (e) => {
+    if (!drag) return;
+    const r = rectOf(drag, toImage(e));
+    drag = null;
+    if (r.width >= 2 && r.height >= 2) rects.push(r);
+    renderList();
+    draw();
+  });
+  draw();
+  renderList();
+  return {
+    el: h("div.rect-editor", canvas, list),
+    canvas,
+    rects,
+    setImage(file) {
+      rects.length = 0;
+      renderList();
+      if (!file) {
+        img = null;
+        draw();
+        return;
+      }
+      const im = new Image();
+      im.onload = () => {
+        img = im;
+        const maxW = 640;
+        scale = Math.min(1, maxW / im.naturalWidth);
+        canvas.width = Math.round(im.naturalWidth * scale);
+        canvas.height = Math.round(im.naturalHeight * scale);
+        draw();
+      };
+      im.src = URL.createObjectURL(file);
+    },
+  };
+}
+
+function screenForm() {
+  const input = h("input", { type: "file", name: "image", accept: "image/png,image/jpeg,image/webp" });
+  const canvas = rectCanvas();
+  input.addEventListener("change", () => canvas.setImage(input.files[0]));
+  const models = modelPicker("screen-models");
+  const topk = numberInput("top_k", 5, { min: 1, max: 20 });
+  const row = submitRow("Screen", "/screen", null, { multipart: true });
+  const send = () => {
+    if (!input.files.length) throw new api.ApiError(0, { title: "Choose an image" });
+    if (!canvas.rects.length) throw new api.ApiError(0, { title: "Draw at least one rectangle on the image" });
+    const fd = new FormData();
+    fd.append(UPLOAD_FIELDS.screenImage, input.files[0]);
+    fd.append(UPLOAD_FIELDS.rects, JSON.stringify(canvas.rects));
+    for (const m of models.values()) fd.append(UPLOAD_FIELDS.models, m);
+    fd.append(UPLOAD_FIELDS.topK, topk.value || "5");
+    return api.request("POST", "/screen", { form: fd });
+  };
+  return h(
+    "form#form-screen.job-form",
+    {
+      novalidate: true,
+      on: { submit: (e) => (e.preventDefault(), submitJob(row, "/screen", send)) },
+    },
+    h("p.form-intro", "Fill rectangles of an image with each model's zero and compare the predictions before and after (paper section 3.3)."),
+    field("Image", input),
+    field("Rectangles", canvas.el, "drag on the image; coordinates are in image pixels"),
+    h("div.grid-2", field("Models", models.el), field("Top k", topk)),
+    row.el,
+  );
+}
+
+export const FORMS = [
+  { id: "visualize", label: "Visualize", make: visualizeForm },
+  { id: "sweep", label: "Entropy sweep", make: sweepForm },
+  { id: "classify", label: "Classify", make: classifyForm },
+  { id: "screen", label: "Screen", make: screenForm },
+];
