@@ -340,10 +340,11 @@ export function renderJob(root, jobId) {
     const percent = status === "succeeded" ? 100 : p?.percent ?? 0;
     setProgress(bar, percent, status);
     if (p) {
-      stats.round.textContent = p.rounds ? `${p.round} / ${p.rounds}` : "–";
-      stats.step.textContent = p.step ?? "–";
-      stats.q.textContent = p.q_c !== undefined && p.q_c !== null ? Number(p.q_c).toFixed(4) : "–";
-      stats.attempt.textContent = p.attempt ?? "–";
+      // Keep the last known values where an update leaves a field out (the final record).
+      if (p.rounds) stats.round.textContent = `${p.round} / ${p.rounds}`;
+      if (p.step !== undefined && p.step !== null) stats.step.textContent = p.step;
+      if (p.q_c !== undefined && p.q_c !== null) stats.q.textContent = Number(p.q_c).toFixed(4);
+      if (p.attempt) stats.attempt.textContent = p.attempt;
     }
     stats.percent.textContent = `${Math.round(percent)} %`;
   }

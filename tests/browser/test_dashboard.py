@@ -1,0 +1,302 @@
+"""The dashboard in headless Chromium against the real service (Redis, Celery worker, API).
+
+Each test drives the page the way a person would (forms, clicks, the mouse) and saves
+screenshots under ``test-artifacts/browser/``. Waiting is polling with deadlines.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser.conftest import API_KEY, SLOW, LiveService, Shots
+from integration.harness import wait_for
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+# A short schedule keeps the tiny model's job to a few seconds, long enough to watch.
+ROUNDS = 12
+
+
+def _pick_only_model(page: Any, form: str, name: str) -> None:
+    page.wait_for_selector(f"{form} [data-field] input[value='{name}']")
+    box = page.locator(f"{form} .field").filter(has_text="Models").first
+    for inp in box.locator("input:checked").all():
+        if inp.get_attribute("value") != name:
+            inp.uncheck()
+    box.locator(f"input[value='{name}']").check()
+
+
+def _pick_class(page: Any, form: str, query: str, label: str) -> None:
+    search = page.locator(f"{form} input[type=search]").first
+    search.fill(query)
+    page.wait_for_selector(f"{form} .suggest li:has-text('{label}')")
+    search.press("Enter")
+    page.wait_for_selector(f"{form} .chip:has-text('{label}')")
+
+
+def _image_mean(page: Any, selector: str) -> float:
+    """Mean of the R, G, B values of a loaded <img>, drawn on a canvas in the page."""
+    return float(
+        page.evaluate(
+            """(sel) => {
+              const img = document.querySelector(sel);
+              const c = document.createElement('canvas');
+              c.width = img.naturalWidth; c.height = img.naturalHeight;
+              const ctx = c.getContext('2d');
+              ctx.drawImage(img, 0, 0);
+              const d = ctx.getImageData(0, 0, c.width, c.height).data;
+              let s = 0, n = 0;
+              for (let i = 0; i < d.length; i += 4) { s += d[i] + d[i + 1] + d[i + 2]; n += 3; }
+              return s / n;
+            }""",
+            selector,
+        )
+    )
+
+
+def _wait_image(page: Any, selector: str, previous_src: str | None = None) -> str:
+    page.wait_for_function(
+        """([sel, prev]) => {
+          const i = document.querySelector(sel);
+          return i && i.src && i.src !== prev && i.complete && i.naturalWidth > 0;
+        }""",
+        arg=[selector, previous_src],
+    )
+    return str(page.locator(selector).first.get_attribute("src"))
+
+
+def test_visualize_through_the_form(page: Any, live: LiveService, shots: Shots) -> None:
+    """Submit on the tiny model, watch the bar move, see the image, toggle the inversion."""
+    page.goto(live.url + "/")
+    form = "#form-visualize"
+    _pick_only_model(page, form, "tiny")
+    _pick_class(page, form, "socc", "soccer ball")
+    page.fill(f"{form} .schedule-row input[name=repeat]", str(ROUNDS))
+    page.fill(f"{form} input[name=seed]", "7")
+    shots("01-form")
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_url(re.compile(r"#/jobs/[0-9a-f]+$"))
+    job_id = page.url.rsplit("/", 1)[1]
+
+    # Watch the progress bar (fed by the SSE stream) until the job is done.
+    seen: list[float] = []
+    shot_mid = False
+    deadline = time.monotonic() + 180 * SLOW
+    while True:
+        status = page.locator("#job-status").inner_text()
+        value = float(page.locator("#job-progress").get_attribute("aria-valuenow") or 0)
+        if not seen or value != seen[-1]:
+            seen.append(value)
+        if 0 < value < 100 and not shot_mid and len(seen) >= 3:
+            shots("02-job-running")
+            shot_mid = True
+        if status in ("succeeded", "failed", "canceled"):
+            break
+        assert time.monotonic() < deadline, f"job still {status} after 180 s; bar saw {seen}"
+        page.wait_for_timeout(50)
+    assert status == "succeeded", live.job(job_id)
+    moving = [v for v in seen if 0 < v < 100]
+    assert len(moving) >= 2, f"the bar did not move through intermediate values: {seen}"
+    assert seen == sorted(seen), f"the bar went backwards: {seen}"
+    assert seen[-1] == 100
+    assert page.locator("#stat-round").inner_text().endswith(f"/ {ROUNDS + 1}")
+    assert re.fullmatch(r"0\.\d{4}|1\.0000", page.locator("#stat-q").inner_text())
+
+    # The image appears, large, with its tables.
+    img = "img.result-image"
+    src = _wait_image(page, img)
+    assert page.locator(img).evaluate("i => i.naturalWidth") == 64
+    assert page.locator(img).bounding_box()["width"] >= 300  # shown large
+    card = page.locator(".target-card")
+    assert card.locator("table.top5 tbody tr").count() == 5
+    assert card.locator("table.tests tbody tr").count() == 14  # 12 rotations, 2 scales
+    assert "soccer ball" in card.locator("table.top5").inner_text()
+    assert card.locator("table.quality tbody tr").count() == 1
+    mean = _image_mean(page, img)
+    shots("03-job-succeeded")
+
+    # Toggle the color-inverted view: another PNG, every pixel 255 - P.
+    page.click("label.switch")
+    inv_src = _wait_image(page, img, src)
+    assert page.locator(img).get_attribute("data-view") == "inverted"
+    assert abs(_image_mean(page, img) - (255 - mean)) < 0.01
+    shots("04-job-inverted")
+    page.click("label.switch")
+    _wait_image(page, img, inv_src)
+    assert page.locator(img).get_attribute("data-view") == "image"
+
+    # Every artifact has a download link; the parameters are the job's exact spec.
+    links = page.locator(".artifacts-card a.download")
+    assert links.count() == 3
+    assert sorted(links.all_inner_texts()) == sorted(
+        a["name"] for a in live.job(job_id)["artifacts"]
+    )
+    params = page.locator("#params-json").inner_text()
+    assert '"model": "tiny"' in params and '"seed": 7' in params
+    assert '"repeat": 12' in params
+    assert not page.console_errors, page.console_errors
+
+
+def test_cancel_from_the_job_list(page: Any, live: LiveService, shots: Shots) -> None:
+    """A long job shows up in the live list; its Cancel button stops it."""
+    long = {
+        "model": "tiny",
+        "targets": ["class 3", "class 5"],
+        "schedule": [{"op": "rotate", "value": 1, "repeat": 360}],
+    }
+    job_id = live.submit(long)
+    page.goto(live.url + "/")
+    row = page.locator(f"tr.job-row[data-id='{job_id}']")
+    row.wait_for()
+    page.wait_for_selector(f"tr.job-row[data-id='{job_id}'][data-status=running]")
+    # The bar moves in the list too.
+    page.wait_for_function(
+        """(id) => {
+          const bar = document.querySelector(`tr[data-id="${id}"] [role=progressbar]`);
+          return bar && Number(bar.getAttribute('aria-valuenow')) > 0;
+        }""",
+        arg=job_id,
+    )
+    assert "class 3, class 5" in row.locator("td.targets").inner_text()
+    assert row.locator("td.model").inner_text() == "tiny"
+    shots("01-list-running")
+    row.locator("button.cancel").click()
+    page.wait_for_selector(
+        f"tr.job-row[data-id='{job_id}'][data-status=canceled]", timeout=30_000 * SLOW
+    )
+    assert live.job(job_id)["status"] == "canceled"
+    assert row.locator("button.cancel").count() == 0
+    shots("02-list-canceled")
+
+    # Filters: by status and by kind.
+    page.select_option("#filter-status", "canceled")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('tr.job-row')]"
+        ".every(r => r.dataset.status === 'canceled')"
+    )
+    assert row.is_visible()
+    page.select_option("#filter-status", "")
+    page.select_option("#filter-kind", "sweep")
+    page.wait_for_selector("tr.empty")
+    page.select_option("#filter-kind", "")
+    row.wait_for()
+    assert not page.console_errors, page.console_errors
+
+
+def test_entropy_sweep_through_the_form(page: Any, live: LiveService, shots: Shots) -> None:
+    """A sweep over three gray levels: four rows of pictures, two plots, the best gray."""
+    page.goto(live.url + "/")
+    page.click("button[data-tab=sweep]")
+    form = "#form-sweep"
+    page.wait_for_selector(f"{form} input[value=tiny]")
+    page.locator(f"{form} input[value=tiny]").check()
+    _pick_class(page, form, "soccer", "soccer ball")
+    page.fill(f"{form} input[name=gray_levels]", "0, 128, 255")
+    page.fill(f"{form} .schedule-row input[name=repeat]", "3")
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_url(re.compile(r"#/jobs/[0-9a-f]+$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_selector("#best-gray", timeout=180_000 * SLOW)
+    best = live.job(job_id)["result"]["best_initial_gray"]
+    assert page.locator("#best-gray").inner_text() == str(best)
+    for name in ("row-a-results", "row-b-gray", "row-c-entropy", "row-d-second-order",
+                 "gray-change", "second-order-total"):  # fmt: skip
+        _wait_image(page, f"img[data-url$='/{name}.png']")
+    assert page.locator("table.levels tbody tr").count() == 3
+    assert page.locator(".artifacts-card a.download").count() == 3 + 4 + 2 + 1
+    shots("01-sweep", full_page=True)
+    assert not page.console_errors, page.console_errors
+
+
+def test_api_errors_in_words_and_the_key_dialog(
+    page: Any, live: LiveService, shots: Shots, tmp_path: Path
+) -> None:
+    """A refused job says why; a missing key says so; the key entered once makes it work."""
+    page.goto(live.url + "/")
+    form = "#form-visualize"
+    _pick_only_model(page, form, "tiny")
+    page.click(f"{form} button[type=submit]")  # no target
+    alert = page.locator(f"{form} .alert-error")
+    alert.wait_for()
+    assert "targets" in alert.inner_text() and "at least 1" in alert.inner_text()
+    shots("01-validation-error", full_page=False)
+
+    # Classify (issue 4): a real upload; the page shows the job, or the API's refusal in words.
+    from PIL import Image
+
+    png = tmp_path / "gray.png"
+    Image.new("RGB", (80, 60), (120, 130, 140)).save(png)
+    page.click("button[data-tab=classify]")
+    page.set_input_files("#form-classify input[type=file]", str(png))
+    page.locator("#form-classify input[value=tiny]").check()
+    page.click("#form-classify button[type=submit]")
+    page.wait_for_function(
+        "() => location.hash.startsWith('#/jobs/')"
+        " || document.querySelector('#form-classify .alert-error')"
+    )
+    if not page.url.split("#")[-1].startswith("/jobs/"):
+        text = page.locator("#form-classify .alert-error").inner_text()
+        assert "The API refused the job" in text and len(text) > 30, text
+
+    # Screen: draw a rectangle on the canvas with the mouse.
+    page.goto(live.url + "/#/")
+    page.click("button[data-tab=screen]")
+    page.set_input_files("#form-screen input[type=file]", str(png))
+    canvas = page.locator("#form-screen canvas")
+    page.wait_for_function("() => document.querySelector('#form-screen canvas').width === 80")
+    box = canvas.bounding_box()
+    sx, sy = box["width"] / 80, box["height"] / 60
+    page.mouse.move(box["x"] + 10 * sx, box["y"] + 10 * sy)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 30 * sx, box["y"] + 25 * sy, steps=5)
+    page.mouse.up()
+    assert (
+        page.locator("#form-screen .rect-list li")
+        .first.inner_text()
+        .startswith("1x 10, y 10, 20 × 15 px")
+    )
+    shots("02-screen-rectangle", full_page=False)
+
+    # Without the key: the list says a key is needed; entering it in the dialog fixes it.
+    page.evaluate("localStorage.removeItem('tivis.apiKey')")
+    page.goto(live.url + "/#/")
+    page.reload()
+    err = page.locator(".jobs-card .alert-error")
+    err.wait_for()
+    assert "API key is required" in err.inner_text()
+    shots("03-no-key", full_page=False)
+    page.click("#key-button")
+    page.fill("#key-input", API_KEY)
+    page.click("#key-dialog button[value=save]")
+    page.wait_for_selector("tr.job-row")
+    assert page.locator(".jobs-card .alert-error").count() == 0
+    assert page.evaluate("localStorage.getItem('tivis.apiKey')") == API_KEY
+
+
+def test_worker_down_and_a_failed_job(page: Any, live: LiveService, shots: Shots) -> None:
+    """With no live worker the page says so (and does not hang); a failed job shows its error.
+    Runs last in this module: it stops the worker."""
+    live.worker.stop()
+    wait_for(lambda: live.http.get("/readyz").status_code == 503, 30 * SLOW, "readyz to say 503")
+    job_id = live.submit({"model": "tiny", "targets": ["soccer ball"]})
+    page.goto(f"{live.url}/#/jobs/{job_id}")
+    page.wait_for_selector("#worker-down")
+    assert "No live worker" in page.locator("#worker-down").inner_text()
+    assert "no worker" in page.locator("#ready-pill").inner_text()
+    assert page.locator("#job-status").inner_text() == "queued"
+    shots("01-queued-no-worker", full_page=False)
+
+    # The job fails (as a worker would record it): the open page follows and says why.
+    verdict, attempt = live.store.start(job_id, 3)
+    assert verdict == "run"
+    error = {"type": "RuntimeError", "message": "CUDA out of memory (simulated)"}
+    assert live.store.finish(job_id, attempt, "failed", {"error": error}, kind="visualize")
+    page.wait_for_selector("#job-error")
+    assert "RuntimeError: CUDA out of memory (simulated)" in page.locator("#job-error").inner_text()
+    assert page.locator("#job-status").inner_text() == "failed"
+    assert page.locator("#cancel-job").is_hidden()
+    shots("02-failed", full_page=False)
