@@ -107,10 +107,81 @@ class RandomViews(_Frozen):
     seed: int = Field(default=1234, ge=0, le=2**63 - 1)
 
 
-class OptimizeSpec(_Frozen):
-    """Everything that decides how one image is optimized (Algorithm 1)."""
+class ImageParameterization(_Frozen):
+    """What the optimizer changes: the pixels (the paper's) or a decorrelated Fourier spectrum.
 
-    method: Literal["invariant", "vanilla"] = "invariant"
+    ``fourier``: per color channel (after a fixed color decorrelation), the real 2D spectrum scaled
+    by ``1 / frequency ** decay``, squashed to 0..255 by a sigmoid. Its Adam step size is ``lr``
+    (in spectrum units); ``optimizer.lr`` (pixel units) is the pixel parameterization's.
+    """
+
+    kind: Literal["pixel", "fourier"] = "pixel"
+    lr: float = Field(
+        default=0.05, gt=0.0, le=10.0, description="Adam step size on the spectrum (fourier)"
+    )
+    decay: float = Field(default=1.0, ge=0.0, le=3.0, description="spectrum scale 1 / f**decay")
+    decorrelate: bool = Field(default=True, description="optimize decorrelated color channels")
+    margin: float = Field(
+        default=0.5,
+        ge=0.01,
+        le=127.0,
+        description="gray levels kept from 0 and 255 when an image is encoded (sigmoid)",
+    )
+
+
+class StepAugment(_Frozen):
+    """Random transformations at every optimization step (``views`` = 0: off).
+
+    Each step sees every image under ``views`` random views: an integer shift by up to ``jitter``
+    pixels (black fill), then a rotation by an angle uniform in ±``max_rotation`` degrees and a
+    zoom uniform in [``scale_min``, ``scale_max``] about the center. The objective is the mean
+    over the views, and a round ends when the mean target probability over them passes
+    ``q_target``. Drawn from a generator seeded by the job's seed and the image's target and gray.
+    """
+
+    views: int = Field(default=0, ge=0, le=32, description="random views per image per step")
+    jitter: int = Field(default=0, ge=0, le=64, description="pixels")
+    max_rotation: float = Field(default=0.0, ge=0.0, le=180.0, description="degrees")
+    scale_min: float = Field(default=1.0, ge=0.25, le=4.0)
+    scale_max: float = Field(default=1.0, ge=0.25, le=4.0)
+    q_target: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="a round under random views ends when their mean q_C passes this "
+        "(default: optimizer.q_target)",
+    )
+    final_round: bool = Field(
+        default=False, description="also in the final round (else it optimizes the plain image)"
+    )
+
+    @model_validator(mode="after")
+    def _check_scales(self) -> StepAugment:
+        if self.scale_min > self.scale_max:
+            raise ValueError(f"scale_min {self.scale_min} > scale_max {self.scale_max}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.views > 0
+
+
+PRESETS: dict[str, dict[str, object]] = {
+    "invariant+": {},
+}
+"""Method presets: values a method sets for the fields a request leaves out."""
+
+
+class OptimizeSpec(_Frozen):
+    """Everything that decides how one image is optimized (Algorithm 1).
+
+    ``method``: ``invariant`` (the paper's), ``vanilla`` (one long round, no schedule) or
+    ``invariant+`` (a preset: the paper's rounds with a Fourier parameterization and random
+    transformations at every step; its values, in ``PRESETS``, fill the fields a request leaves
+    out, and the result echoes them).
+    """
+
+    method: Literal["invariant", "vanilla", "invariant+"] = "invariant"
     schedule: list[Operation] = Field(default_factory=default_schedule, max_length=64)
     optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
     tests: TransformTests = Field(default_factory=TransformTests)
@@ -120,6 +191,24 @@ class OptimizeSpec(_Frozen):
         default=None, ge=32, le=512, description="image side in pixels; default: the model's"
     )
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    param: ImageParameterization = Field(default_factory=ImageParameterization)
+    augment: StepAugment = Field(default_factory=StepAugment)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: object) -> object:
+        if isinstance(data, dict):
+            preset = PRESETS.get(str(data.get("method", "")))
+            if preset:
+                merged = dict(preset)
+                for key, value in data.items():
+                    base = merged.get(key)
+                    if isinstance(base, dict) and isinstance(value, dict):
+                        merged[key] = {**base, **value}  # a partial override keeps the rest
+                    else:
+                        merged[key] = value
+                data = merged
+        return data
 
     def rounds(self) -> list[Operation]:
         """One operation per round; the vanilla method has none."""

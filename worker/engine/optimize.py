@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
-from specs import OptimizerSettings, OptimizeSpec
+from specs import OptimizerSettings, OptimizeSpec, StepAugment
+from worker.engine import augment as A
+from worker.engine import param as P
 from worker.engine import transforms as T
 from worker.engine.images import check_images, to_uint8
 from worker.engine.models import LoadedModel
@@ -111,10 +113,18 @@ def topk(model: LoadedModel, x: torch.Tensor, k: int = 5) -> list[list[tuple[int
 
 
 class _Adam:
-    """Adam in pixel units with per-image state, so a finished image stops changing."""
+    """Adam in pixel units with per-image state, so a finished image stops changing.
 
-    def __init__(self, x: torch.Tensor, cfg: OptimizerSettings) -> None:
+    ``lr`` overrides ``cfg.lr`` (a parameterization's own step size); ``clip`` clips the updated
+    tensor to 0..255 (the pixel parameterization).
+    """
+
+    def __init__(
+        self, x: torch.Tensor, cfg: OptimizerSettings, *, lr: float | None = None, clip: bool = True
+    ) -> None:
         self.cfg = cfg
+        self.lr = cfg.lr if lr is None else lr
+        self.clip = clip
         self.m = torch.zeros_like(x)
         self.v = torch.zeros_like(x)
         self.t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
@@ -129,7 +139,10 @@ class _Adam:
         self.m[idx], self.v[idx] = m, v
         m_hat = m / (1 - c.beta1**t)
         v_hat = v / (1 - c.beta2**t)
-        x[idx] = (x[idx] + c.lr * m_hat / (v_hat.sqrt() + 1e-8)).clamp_(0.0, 255.0)
+        if self.clip:
+            x[idx] = (x[idx] + self.lr * m_hat / (v_hat.sqrt() + 1e-8)).clamp_(0.0, 255.0)
+        else:
+            x[idx] = x[idx] + self.lr * m_hat / (v_hat.sqrt() + 1e-8)
 
 
 def optimize_round(
@@ -220,6 +233,8 @@ def visualize(
         One result per image, in batch order; each image quantized to 8 bits (the saved PNG).
     """
     check_images(initial, "initial")
+    if spec.param.kind != "pixel" or spec.augment.enabled:
+        return _visualize_param(model, initial, targets, spec, runtime=runtime, progress=progress)
     rt = runtime or Runtime()
     cfg = spec.optimizer
     x = initial.detach().clone().float().clamp_(0.0, 255.0)
@@ -288,6 +303,194 @@ def visualize(
         res = results[i]
         res.image = final[i]
         res.tests = {n: float(p) for n, p in zip(names, probs[i].tolist(), strict=True)}
+        res.total_steps = int(total[i])
+        res.q_final = float(q_final[i])
+    return results
+
+
+def param_round(
+    model: LoadedModel,
+    param: P.ImageParam,
+    targets: torch.Tensor,
+    active: torch.Tensor,
+    cfg: OptimizerSettings,
+    max_steps: torch.Tensor,
+    *,
+    lr: float,
+    augment: StepAugment | None,
+    gens: list[torch.Generator],
+    runtime: Runtime | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``optimize_round`` on any parameterization, optionally under random views at every step.
+
+    With ``augment``, each image draws its views from its own generator ``gens[i]`` at every step
+    it takes part in; the objective is the mean over its views and ``q_C`` (early stop, trace) is
+    the mean target probability over them. Without, the image itself is seen, as in the paper.
+
+    Returns:
+        steps (B,) long, q_before (B,), q_after (B,) -- zeros for inactive images.
+    """
+    rt = runtime or Runtime()
+    b = param.data.shape[0]
+    dev = param.data.device
+    steps = torch.zeros(b, dtype=torch.long, device=dev)
+    q_before = torch.zeros(b, dtype=torch.float64, device=dev)
+    q_after = torch.zeros(b, dtype=torch.float64, device=dev)
+    running = active.clone()
+    adam = _Adam(param.data, cfg, lr=lr, clip=param.clip)
+    first = active.clone()
+    nv = augment.views if augment is not None else 1
+    q_target = cfg.q_target
+    if augment is not None and augment.q_target is not None:
+        q_target = augment.q_target
+    step = 0
+    while bool(running.any()):
+        idx = running.nonzero()[:, 0]
+        sub = param.data[idx].detach().requires_grad_(True)
+        img = param.render(sub)  # (n, 3, H, W), pixel space
+        if augment is not None:
+            img = A.apply(img, [A.draw(gens[i], augment) for i in idx.tolist()])  # (n * V, ...)
+        logits = _forward(model, img, rt).float()
+        logp = logits.log_softmax(dim=1)
+        tg = targets[idx].repeat_interleave(nv)[:, None]
+        q = logp.gather(1, tg)[:, 0].exp().detach().double().view(-1, nv).mean(dim=1)
+        q_after[idx] = q
+        is_first = first[idx]
+        q_before[idx[is_first]] = q[is_first]
+        first[idx] = False
+        done = (q > q_target) | (steps[idx] >= max_steps[idx])
+        go = ~done
+        running[idx[done]] = False
+        if bool(go.any()):
+            per_view = (
+                logits.gather(1, tg)[:, 0] if cfg.objective == "logit" else logp.gather(1, tg)[:, 0]
+            )
+            obj = per_view.view(-1, nv).mean(dim=1)
+            (grad,) = torch.autograd.grad(obj[go].sum(), sub)
+            gidx = idx[go]
+            adam.step(param.data, gidx, grad[go].to(param.data.dtype))
+            steps[gidx] += 1
+            step += 1
+            if on_step is not None:
+                on_step(step, float(q[go].min()))
+    return steps, q_before, q_after
+
+
+def _visualize_param(
+    model: LoadedModel,
+    initial: torch.Tensor,
+    targets: torch.Tensor,
+    spec: OptimizeSpec,
+    *,
+    runtime: Runtime | None = None,
+    progress: Progress | None = None,
+) -> list[VisResult]:
+    """Algorithm 1 on ``spec.param`` with ``spec.augment``: same rounds, budgets and outputs.
+
+    After each round's transformation the transformed image is encoded back into the
+    parameterization. An empty test set skips the per-round evaluation (and the criterion).
+    """
+    rt = runtime or Runtime()
+    cfg = spec.optimizer
+    x0 = initial.detach().clone().float().clamp_(0.0, 255.0)
+    b, dev = x0.shape[0], x0.device
+    targets = targets.to(dev).long()
+    param = P.make_param(spec.param, x0)
+    lr = spec.param.lr if spec.param.kind != "pixel" else cfg.lr
+    grays = [float(initial[i].mean()) for i in range(b)]
+    gens = [A.generator(A.image_seed(spec.seed, int(targets[i]), grays[i])) for i in range(b)]
+    aug = spec.augment if spec.augment.enabled else None
+    rounds = spec.rounds()
+    n_rounds = len(rounds) + 1
+    names, t_angles, t_scales = T.test_views(spec.tests)
+    results = [
+        VisResult(image=x0[i], target=int(targets[i]), initial_gray=grays[i]) for i in range(b)
+    ]
+    total = torch.zeros(b, dtype=torch.long, device=dev)
+    in_loop = torch.ones(b, dtype=torch.bool, device=dev)
+
+    def reporter(r: int) -> Callable[[int, float], None] | None:
+        if progress is None:
+            return None
+        return lambda step, q: progress(r, n_rounds, step, q)
+
+    for r, op in enumerate(rounds):
+        budget_left = cfg.max_total_steps - total
+        in_loop &= budget_left > 0
+        for i in (~in_loop).nonzero()[:, 0].tolist():
+            if results[i].stopped_by == "schedule":
+                results[i].stopped_by = "budget"
+        if not bool(in_loop.any()):
+            break
+        limit = torch.clamp(budget_left, max=cfg.max_steps_per_round)
+        steps, qb, qa = param_round(
+            model,
+            param,
+            targets,
+            in_loop,
+            cfg,
+            limit,
+            lr=lr,
+            augment=aug,
+            gens=gens,
+            runtime=rt,
+            on_step=reporter(r),
+        )
+        total += steps
+        idx = in_loop.nonzero()[:, 0]
+        with torch.no_grad():
+            moved = T.apply(param.render(param.data[idx]), op)
+            param.data[idx] = param.encode(moved)
+        probs = None
+        if len(names) > 0:
+            probs = view_probs(model, param.images()[idx], targets[idx], t_angles, t_scales, rt)
+        for k, i in enumerate(idx.tolist()):
+            pmin = float(probs[k].min()) if probs is not None else None
+            pmean = float(probs[k].mean()) if probs is not None else None
+            results[i].trace.append(
+                RoundRecord(
+                    r, T.describe(op), int(steps[i]), float(qb[i]), float(qa[i]), pmin, pmean
+                )
+            )
+            crit = spec.criterion
+            value = pmin if crit.kind == "min" else pmean
+            if crit.kind != "off" and value is not None and value >= crit.threshold:
+                in_loop[i] = False
+                results[i].stopped_by = "criterion"
+
+    if spec.final_round or not rounds:
+        per_round = cfg.max_total_steps if not rounds else cfg.max_steps_per_round
+        limit = torch.full((b,), per_round, dtype=torch.long, device=dev)
+        everyone = torch.ones(b, dtype=torch.bool, device=dev)
+        final_aug = aug if (aug is not None and spec.augment.final_round) else None
+        steps, qb, qa = param_round(
+            model,
+            param,
+            targets,
+            everyone,
+            cfg,
+            limit,
+            lr=lr,
+            augment=final_aug,
+            gens=gens,
+            runtime=rt,
+            on_step=reporter(n_rounds - 1),
+        )
+        total += steps
+        for i in range(b):
+            results[i].trace.append(
+                RoundRecord(len(results[i].trace), None, int(steps[i]), float(qb[i]), float(qa[i]))
+            )
+
+    final = to_uint8(param.images()).float()
+    probs = view_probs(model, final, targets, t_angles, t_scales, rt) if names else None
+    q_final = target_probs(model, final, targets, rt)
+    for i in range(b):
+        res = results[i]
+        res.image = final[i]
+        if probs is not None:
+            res.tests = {n: float(p) for n, p in zip(names, probs[i].tolist(), strict=True)}
         res.total_steps = int(total[i])
         res.q_final = float(q_final[i])
     return results

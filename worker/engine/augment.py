@@ -1,0 +1,96 @@
+"""Per-step random transformations ("transformation robustness", as in Lucid / Lucent).
+
+At every optimization step each image is seen under ``views`` random transformations: an integer
+jitter (shift with black fill), then a rotation and a zoom about the center (bilinear, black
+fill, as in ``transforms.warp``). The parameters are drawn (``draw``) apart from being applied
+(``apply``), from a seeded CPU ``torch.Generator`` that belongs to one image, so that a batch gives
+the same draws as running its images one by one, on every device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from specs import StepAugment
+from worker.engine import transforms as T
+from worker.engine.images import check_images
+
+
+@dataclass(frozen=True)
+class Draw:
+    """Parameters of V views: angles (V,) degrees, scales (V,), shifts (V, 2) int (dy, dx)."""
+
+    angles: torch.Tensor
+    scales: torch.Tensor
+    shifts: torch.Tensor
+
+
+def image_seed(seed: int, target: int, initial_gray: float) -> int:
+    """The seed of one image's generator, from the job's seed and what defines the image.
+
+    It does not depend on the image's position in the batch, so batched equals one by one.
+    """
+    key = f"tivis:{seed}:{target}:{initial_gray:.4f}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
+
+
+def generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed``."""
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def draw(gen: torch.Generator, cfg: StepAugment) -> Draw:
+    """``cfg.views`` random views: angle uniform in [-max_rotation, max_rotation], scale uniform
+    in [scale_min, scale_max], shifts uniform integers in [-jitter, jitter].
+
+    Always consumes the same amount of randomness for a given ``cfg``.
+    """
+    v = cfg.views
+    u = torch.rand(2, v, generator=gen, dtype=torch.float64)
+    shifts = torch.randint(-cfg.jitter, cfg.jitter + 1, (v, 2), generator=gen)
+    angles = (2.0 * u[0] - 1.0) * cfg.max_rotation
+    scales = cfg.scale_min + u[1] * (cfg.scale_max - cfg.scale_min)
+    return Draw(angles, scales, shifts)
+
+
+def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Move every image of ``x`` (N, C, H, W) down by ``dy`` and right by ``dx`` pixels.
+
+    What comes in from the border is 0 (black); differentiable.
+    """
+    h, w = x.shape[-2], x.shape[-1]
+    if abs(dy) >= h or abs(dx) >= w:
+        return torch.zeros_like(x)
+    p = F.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))
+    top, left = max(-dy, 0), max(-dx, 0)
+    return p[..., top : top + h, left : left + w]
+
+
+def apply(x: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
+    """Every image under its own views: x (N, 3, H, W), one ``Draw`` of V views per image ->
+    (N * V, 3, H, W), image-major; differentiable with respect to ``x``.
+    """
+    check_images(x)
+    if len(draws) != x.shape[0]:
+        raise ValueError(f"expected one draw per image ({x.shape[0]}), got {len(draws)}")
+    if not draws:
+        return x[:0]
+    v = draws[0].angles.shape[0]
+    out = []
+    for i, d in enumerate(draws):
+        for k in range(v):
+            dy, dx = (int(s) for s in d.shifts[k])
+            out.append(shift(x[i : i + 1], dy, dx))
+    jittered = torch.cat(out)
+    angles = torch.cat([d.angles for d in draws]).to(x.device)
+    scales = torch.cat([d.scales for d in draws]).to(x.device)
+    if bool((angles == 0).all()) and bool((scales == 1).all()):
+        return jittered
+    return T.warp(jittered, angles, scales)
+
+
+__all__ = ["Draw", "apply", "draw", "generator", "image_seed", "shift"]
