@@ -228,8 +228,10 @@ def test_api_errors_in_words_and_the_key_dialog(
     # Classify (issue 4): a real upload; the page shows the job, or the API's refusal in words.
     from PIL import Image
 
-    png = tmp_path / "gray.png"
-    Image.new("RGB", (80, 60), (120, 130, 140)).save(png)
+    png = tmp_path / "photo.png"
+    ramp = Image.linear_gradient("L").resize((320, 240))
+    other = Image.linear_gradient("L").rotate(90).resize((320, 240))
+    Image.merge("RGB", (ramp, other, Image.new("L", (320, 240), 160))).save(png)
     page.click("button[data-tab=classify]")
     page.set_input_files("#form-classify input[type=file]", str(png))
     page.locator("#form-classify input[value=tiny]").check()
@@ -247,24 +249,26 @@ def test_api_errors_in_words_and_the_key_dialog(
     page.click("button[data-tab=screen]")
     page.set_input_files("#form-screen input[type=file]", str(png))
     canvas = page.locator("#form-screen canvas")
-    page.wait_for_function("() => document.querySelector('#form-screen canvas').width === 80")
+    page.wait_for_function("() => document.querySelector('#form-screen canvas').width === 320")
     box = canvas.bounding_box()
-    sx, sy = box["width"] / 80, box["height"] / 60
-    page.mouse.move(box["x"] + 10 * sx, box["y"] + 10 * sy)
+    sx, sy = box["width"] / 320, box["height"] / 240
+    page.mouse.move(box["x"] + 100 * sx, box["y"] + 60 * sy)
     page.mouse.down()
-    page.mouse.move(box["x"] + 30 * sx, box["y"] + 25 * sy, steps=5)
+    page.mouse.move(box["x"] + 220 * sx, box["y"] + 140 * sy, steps=8)
     page.mouse.up()
-    assert (
-        page.locator("#form-screen .rect-list li")
-        .first.inner_text()
-        .startswith("1x 10, y 10, 20 × 15 px")
-    )
+    text = page.locator("#form-screen .rect-list li").first.inner_text()
+    m = re.search(r"x (\d+), y (\d+), (\d+) × (\d+) px", text)
+    assert m, text
+    x, y, w, h = map(int, m.groups())
+    assert abs(x - 100) <= 1 and abs(y - 60) <= 1 and abs(w - 120) <= 1 and abs(h - 80) <= 1
     shots("02-screen-rectangle", full_page=False)
 
     # Without the key: the list says a key is needed; entering it in the dialog fixes it.
-    page.evaluate("localStorage.removeItem('tivis.apiKey')")
     page.goto(live.url + "/#/")
-    page.reload()
+    page.wait_for_selector(".jobs-card tbody tr")
+    page.click("#key-button")
+    page.click("#key-dialog button[value=clear]")
+    assert page.evaluate("localStorage.getItem('tivis.apiKey')") is None
     err = page.locator(".jobs-card .alert-error")
     err.wait_for()
     assert "API key is required" in err.inner_text()
@@ -272,7 +276,7 @@ def test_api_errors_in_words_and_the_key_dialog(
     page.click("#key-button")
     page.fill("#key-input", API_KEY)
     page.click("#key-dialog button[value=save]")
-    page.wait_for_selector("tr.job-row")
+    page.wait_for_selector(".jobs-card tbody tr")
     assert page.locator(".jobs-card .alert-error").count() == 0
     assert page.evaluate("localStorage.getItem('tivis.apiKey')") == API_KEY
 

@@ -53,7 +53,15 @@ const METHOD_HELP = {
 // ---------------------------------------------------------------- components
 
 function field(label, control, hint) {
-  return h("label.field", h("span.field-label", label), control, hint ? h("small.hint", hint) : null);
+  // A <label> only around a single control; composite widgets get a div (no nested labels).
+  const single = ["INPUT", "SELECT", "TEXTAREA"].includes(control.tagName);
+  return h(
+    single ? "label.field" : "div.field",
+    single ? null : { role: "group", "aria-label": label },
+    h("span.field-label", label),
+    control,
+    hint ? h("small.hint", hint) : null,
+  );
 }
 
 function numberInput(name, value, { min, max, step = 1, placeholder } = {}) {
@@ -709,7 +717,7 @@ function screenForm() {
 
 export const FORMS = [
   { id: "visualize", label: "Visualize", make: visualizeForm },
-  { id: "sweep", label: "Entropy sweep", make: sweepForm },
+  { id: "sweep", label: "Sweep", make: sweepForm },
   { id: "classify", label: "Classify", make: classifyForm },
   { id: "screen", label: "Screen", make: screenForm },
 ];

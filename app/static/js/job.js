@@ -389,10 +389,12 @@ export function renderJob(root, jobId) {
       h("span.muted", ` on ${listText(s.model)}`),
     );
     clear(meta).append(
+      ...[
       h("span", "id ", h("code", job.id)),
       h("span", { title: job.created_at }, `created ${age(job.created_at)} ago`),
       job.duration_s !== null && job.duration_s !== undefined ? h("span", `ran ${seconds(job.duration_s)}`) : null,
       h("span", `attempts ${job.attempts}`),
+      ].filter(Boolean),
     );
   }
 
