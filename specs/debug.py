@@ -370,8 +370,9 @@ def check_request(
         refs = list(spec.images)
         if not refs and not uploads:
             raise UploadRejected(422, "no image: upload one or name a job artifact", "images")
-        if len(refs or uploads) > MAX_IMAGES:
-            raise UploadRejected(422, f"at most {MAX_IMAGES} images, got {len(uploads)}", "images")
+        count = len(refs or uploads)
+        if count > MAX_IMAGES:
+            raise UploadRejected(422, f"at most {MAX_IMAGES} images, got {count}", "images")
     else:
         if spec.image is None:
             if len(uploads) != 1:

@@ -58,6 +58,13 @@ def test_classify_two_models_two_images(two_models: Registry) -> None:
         for top in im["predictions"].values():
             assert len(top) == 3 and top[0]["p"] >= top[1]["p"] >= top[2]["p"]
     assert res["models"]["tiny"]["resize"].startswith("whole image resized to 64×64")
+    assert res["images"][0]["fitted"]["tiny"] == {
+        "resized_height": 64,
+        "resized_width": 64,
+        "crop_top": 0,
+        "crop_left": 0,
+        "crop_size": 64,
+    }
     assert json.loads(artifact(out, "classify.json")) == json.loads(json.dumps(res))
     panel = decode_image(artifact(out, "panel.png"))
     assert panel.shape[2] == 2 * 224 + 3 * 8  # a 224 px column per image
@@ -207,6 +214,14 @@ def test_real_photos_classified_by_the_default_model(registry: Registry) -> None
     out = run_classify(ClassifySpec(), registry, images, device="cpu")
     entry = out.result["models"]["efficientnet_lite0"]
     assert entry["resize"].startswith("shorter side resized to 256, then the center 224×224")
+    chelsea = next(im for im in out.result["images"] if im["name"] == "chelsea.png")
+    assert chelsea["fitted"]["efficientnet_lite0"] == {
+        "resized_height": 256,
+        "resized_width": 384,  # 451 × 256 / 300
+        "crop_top": 16,
+        "crop_left": 80,
+        "crop_size": 224,
+    }
     tops = {
         im["name"]: [p["label"] for p in im["predictions"]["efficientnet_lite0"]]
         for im in out.result["images"]

@@ -92,7 +92,9 @@ def run_classify(
 
     Result: ``{"kind": "classify", "spec", "models": {name: {input_size, resize, ...}},
     "images": [{"name", "format", "width", "height", "predictions": {model: [{index, label,
-    p}, ...]}}], "panel": "panel.png"}``.
+    p}, ...]}, "fitted": {model: {resized_height, resized_width, crop_top, crop_left,
+    crop_size}}}], "panel": "panel.png"}``: how each image was resized for each model is in
+    ``fitted`` (numbers) and ``models[name].resize`` (words).
     """
     dev = _device(device)
     named = _named(images, spec.image_keys())
@@ -101,8 +103,10 @@ def run_classify(
     out = JobOutput(result={"kind": "classify", "spec": spec.model_dump(mode="json")})
     models: dict[str, Any] = {}
     per_model: dict[str, list[list[D.Prediction]]] = {}
+    infos = {}
     for name in spec.models:
         model = registry.load(name, dev)
+        infos[name] = model.info
         preds, _ = D.classify(model, photos, spec.top_k)
         per_model[name] = preds
         models[name] = _model_entry(model)
@@ -114,6 +118,7 @@ def run_classify(
             "width": info.width,
             "height": info.height,
             "predictions": {m: _top(per_model[m][i]) for m in spec.models},
+            "fitted": {m: D.fit_geometry(info.height, info.width, infos[m]) for m in spec.models},
         }
         for i, (name, info, _) in enumerate(decoded)
     ]
@@ -135,7 +140,7 @@ def run_screen(
 
     Result: ``{"kind": "screen", "spec", "image": {name, format, width, height}, "models":
     [{"model", "zero", "resize", ..., "before": [...], "after": [...], "top1_changed",
-    "original_top1": {index, label, p_before, p_after}, "covered", "screened"}],
+    "original_top1": {index, label, p_before, p_after}, "fitted", "covered", "screened"}],
     "panel": "panel.png"}``. ``covered`` is the fraction of the model's input that the screen
     covers after resizing and cropping (0 if the crop cut the rectangles away).
     """
@@ -179,6 +184,7 @@ def run_screen(
                 "p_before": top1.p,
                 "p_after": float(probs[1, top1.index]),
             },
+            "fitted": D.fit_geometry(info.height, info.width, model.info),
             "covered": covered,
             "screened": out.add_png(f"screened-{slug(mname)}.png", screened),
         }

@@ -30,6 +30,7 @@ __all__ = [
     "classify_panel",
     "fill_rectangles",
     "fit",
+    "fit_geometry",
     "fit_size",
     "predict",
     "screen_panel",
@@ -67,6 +68,20 @@ def fit_size(height: int, width: int, info: ModelInfo) -> tuple[int, int]:
     return max(r, int(r * height / width)), r
 
 
+def fit_geometry(height: int, width: int, info: ModelInfo) -> dict[str, int]:
+    """Where a ``height × width`` image goes in :func:`fit`, JSON-ready: the resized size and
+    the crop (``top``, ``left`` in resized pixels, ``size`` = the input side)."""
+    rh, rw = fit_size(height, width, info)
+    n = info.input_size
+    return {
+        "resized_height": rh,
+        "resized_width": rw,
+        "crop_top": round((rh - n) / 2.0),
+        "crop_left": round((rw - n) / 2.0),
+        "crop_size": n,
+    }
+
+
 def fit(x: torch.Tensor, info: ModelInfo) -> torch.Tensor:
     """Make images of any size into ``info``'s input, as the model's reference preprocessing does.
 
@@ -97,8 +112,8 @@ def fit(x: torch.Tensor, info: ModelInfo) -> torch.Tensor:
         )
         if info.interpolation == "bicubic":
             xb = xb.clamp(0.0, 255.0)
-    n = info.input_size
-    top, left = round((rh - n) / 2.0), round((rw - n) / 2.0)
+    geo = fit_geometry(h, w, info)
+    n, top, left = geo["crop_size"], geo["crop_top"], geo["crop_left"]
     out = xb[..., top : top + n, left : left + n].contiguous()
     return out[0] if single else out
 
