@@ -23,6 +23,12 @@ function loadInto(img, url) {
     .artifactBlobUrl(url)
     .then((src) => {
       if (img.dataset.url !== url) return;
+      // Small models give small pictures: show strips of them at twice the size, pixel-sharp.
+      if (img.classList.contains("wide-image") && img.closest(".rows")) {
+        img.onload = () => {
+          if (img.naturalHeight < 200) img.style.height = `${img.naturalHeight * 2}px`;
+        };
+      }
       img.src = src;
       img.classList.remove("loading");
     })
