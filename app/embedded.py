@@ -28,12 +28,24 @@ from app.settings import Settings
 log = logging.getLogger("tivis.embedded")
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the supervisor dies (Linux), so a killed
+    supervisor leaves no orphans."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Child:
     def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
         self.name = name
         # Own session: the terminal's Ctrl-C reaches only us, and we stop children in order.
-        self.proc = subprocess.Popen(args, env=env, start_new_session=True)
-        log.info("started", extra={"process": name, "pid": self.proc.pid})
+        self.proc = subprocess.Popen(
+            args, env=env, start_new_session=True, preexec_fn=_die_with_parent
+        )
+        log.info("started", extra={"proc": name, "pid": self.proc.pid})
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -45,12 +57,12 @@ class Child:
             os.killpg(self.proc.pid, sig)
             self.proc.wait(grace)
         except subprocess.TimeoutExpired:
-            log.warning("killing", extra={"process": self.name, "pid": self.proc.pid})
+            log.warning("killing", extra={"proc": self.name, "pid": self.proc.pid})
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         except ProcessLookupError:
             self.proc.wait()
-        log.info("stopped", extra={"process": self.name, "code": self.proc.returncode})
+        log.info("stopped", extra={"proc": self.name, "code": self.proc.returncode})
 
 
 def _redis_binary() -> str:
@@ -96,42 +108,45 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    if "TIVIS_REDIS_URL" not in os.environ:
-        data = settings.data_dir.resolve()
-        data.mkdir(parents=True, exist_ok=True)
-        sock = data / "redis.sock"
-        if len(str(sock)) > 100:  # unix socket paths are short
-            sock = Path(tempfile.mkdtemp(prefix="tivis-")) / "redis.sock"
-        sock.unlink(missing_ok=True)
-        redis_child = Child(
-            "redis", [_redis_binary(), *redis_args(None, str(sock), str(data))], env
+    code = 1
+    try:
+        if "TIVIS_REDIS_URL" not in os.environ:
+            data = settings.data_dir.resolve()
+            data.mkdir(parents=True, exist_ok=True)
+            sock = data / "redis.sock"
+            if len(str(sock)) > 100:  # unix socket paths are short
+                sock = Path(tempfile.mkdtemp(prefix="tivis-")) / "redis.sock"
+            sock.unlink(missing_ok=True)
+            redis_child = Child(
+                "redis", [_redis_binary(), *redis_args(None, str(sock), str(data))], env
+            )
+            env["TIVIS_REDIS_URL"] = f"unix://{sock}"
+        url = env.get("TIVIS_REDIS_URL", settings.redis_url)
+        _wait_redis(url, redis_child)
+        children.append(Child("worker", [sys.executable, "-m", *WORKER_ARGS], env))
+        args = api_args(settings.host, settings.port, settings.api_workers)
+        children.append(Child("api", [sys.executable, "-m", *args], env))
+        log.info(
+            "tivis is starting; Ctrl-C stops it",
+            extra={"api": f"http://{settings.host}:{settings.port}", "docs": "/docs", "redis": url},
         )
-        env["TIVIS_REDIS_URL"] = f"unix://{sock}"
-    url = env.get("TIVIS_REDIS_URL", settings.redis_url)
-    _wait_redis(url, redis_child)
-    children.append(Child("worker", [sys.executable, "-m", *WORKER_ARGS], env))
-    args = api_args(settings.host, settings.port, settings.api_workers)
-    children.append(Child("api", [sys.executable, "-m", *args], env))
-    log.info(
-        "tivis is starting; Ctrl-C stops it",
-        extra={"api": f"http://{settings.host}:{settings.port}", "docs": "/docs", "redis": url},
-    )
-    code = 0
-    while not stopping["count"]:
-        dead = [c for c in children if not c.alive()]
-        if redis_child is not None and not redis_child.alive():
-            dead.append(redis_child)
-        if dead:
-            log.error("process exited", extra={"process": dead[0].name,
-                                                "code": dead[0].proc.returncode})  # fmt: skip
-            code = 1
-            break
-        time.sleep(0.2)
-    api, worker = children[1], children[0]
-    api.stop(signal.SIGTERM, 10)
-    worker.stop(signal.SIGTERM, 10)
-    if redis_child is not None:
-        redis_child.stop(signal.SIGTERM, 10)
+        code = 0
+        while not stopping["count"]:
+            dead = [c for c in children if not c.alive()]
+            if redis_child is not None and not redis_child.alive():
+                dead.append(redis_child)
+            if dead:
+                log.error("process exited", extra={"proc": dead[0].name,
+                                                    "code": dead[0].proc.returncode})  # fmt: skip
+                code = 1
+                break
+            time.sleep(0.2)
+    finally:
+        # API first (no new jobs), then the worker, then Redis; reverse start order
+        for child in reversed(children):
+            child.stop(signal.SIGTERM, 10)
+        if redis_child is not None:
+            redis_child.stop(signal.SIGTERM, 10)
     return code
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import threading
@@ -42,7 +43,7 @@ def test_readme_serve_command_end_to_end(models_dir: Path, tmp_path: Path) -> No
         TIVIS_MODELS_DIR=str(models_dir), TIVIS_DEVICE="cpu", TIVIS_KEY_PREFIX="e2e",
     )  # fmt: skip
     proc = subprocess.Popen(
-        serve_command(), shell=True, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        shlex.split(serve_command()), cwd=ROOT, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     lines: list[str] = []
@@ -82,7 +83,7 @@ def test_readme_serve_command_end_to_end(models_dir: Path, tmp_path: Path) -> No
             if rec.get("logger") == "tivis.embedded" and rec.get("event") == "started"
         ]
         assert len(pids) == 3, "".join(lines[-50:])  # redis, worker, api
-        os.kill(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         assert proc.wait(60) == 0, "".join(lines[-50:])
         wait_for(lambda: not any(alive(p) for p in pids), 10, "all processes to exit")
         # the worker's pool children are gone too
