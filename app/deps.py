@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 
 from app.catalog import Catalog
 from app.problems import Problem
+from app.queue import MessageTemplate
 from app.settings import Settings
 from app.store import AsyncJobStore
 
@@ -25,6 +26,7 @@ class Services:
     redis: aredis.Redis
     store: AsyncJobStore
     celery: Celery
+    template: MessageTemplate | None = None
     _catalog: Catalog | None = None
     _catalog_at: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)

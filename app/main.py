@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import cast
 
+import anyio
 import redis.asyncio as aredis
 from celery import Celery
 from fastapi import Depends, FastAPI
@@ -15,12 +17,30 @@ from fastapi.staticfiles import StaticFiles
 from app import problems
 from app.deps import Services, require_api_key
 from app.logs import configure_logging
-from app.queue import celery_config
+from app.queue import (
+    MessageTemplate,
+    broker_prefix,
+    celery_config,
+    scratch_queue,
+    send_template,
+)
 from app.routes import health, jobs, models, submit
 from app.settings import Settings, get_settings
 from app.store import AsyncJobStore
 
 STATIC = Path(__file__).parent / "static"
+
+
+async def capture_template(client: aredis.Redis, celery: Celery, cfg: Settings) -> MessageTemplate:
+    """Have Celery write one ``tivis.run_job`` message to a scratch queue; take it back."""
+    scratch = scratch_queue(cfg)
+    await anyio.to_thread.run_sync(send_template, celery, scratch)
+    prefix = broker_prefix(cfg)
+    raw = cast(bytes | None, await client.rpop(prefix + scratch))
+    await client.delete(prefix + scratch, f"{prefix}_kombu.binding.{scratch}")
+    if raw is None:
+        raise RuntimeError("could not capture the Celery message template")
+    return MessageTemplate(raw, scratch, cfg.queue)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -32,11 +52,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = aredis.Redis.from_url(cfg.redis_url, decode_responses=False)
         celery = Celery("tivis-api")
         celery.conf.update(celery_config(cfg))
+        template = None
+        if cfg.enqueue == "atomic":
+            template = await capture_template(client, celery, cfg)
         app.state.services = Services(
             settings=cfg,
             redis=client,
             store=AsyncJobStore(client, cfg.key_prefix, cfg.ttl_seconds),
             celery=celery,
+            template=template,
         )
         try:
             yield

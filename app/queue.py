@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import uuid
 from typing import Any
+
+from celery import Celery
 
 from app.settings import Settings
 
@@ -52,3 +58,44 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
     }
+
+
+class MessageTemplate:
+    """A Celery task message for ``tivis.run_job``, as Celery itself wrote it, with the job id
+    left open: rendering it for a job gives the bytes ``send_task`` would have pushed, so the
+    API can push it in the same Redis transaction that creates the job record (atomic, one
+    round trip, no per-request Celery/kombu work). Captured once per process at startup by
+    sending one real message to a scratch queue and taking it back."""
+
+    MARK = "0" * 31 + "1"
+
+    def __init__(self, raw: bytes | str, scratch_queue: str, queue: str) -> None:
+        msg = json.loads(raw)
+        body = json.loads(base64.b64decode(msg["body"]))
+        if not (isinstance(body, list) and body[0] == [self.MARK]):
+            raise ValueError(f"unexpected Celery message body {body!r}")
+        self._tail = body[1:]
+        msg["body"] = "@@BODY@@"
+        msg["properties"]["delivery_tag"] = "@@TAG@@"
+        text = json.dumps(msg, separators=(",", ":")).replace(scratch_queue, queue)
+        if "@@" in text.replace("@@BODY@@", "").replace("@@TAG@@", ""):
+            raise ValueError("message template holds a placeholder")
+        self._text = text
+
+    def render(self, job_id: str) -> str:
+        body = json.dumps([[job_id], *self._tail], separators=(",", ":"))
+        return (
+            self._text.replace(self.MARK, job_id)
+            .replace("@@BODY@@", base64.b64encode(body.encode()).decode())
+            .replace("@@TAG@@", str(uuid.uuid4()))
+        )
+
+
+def scratch_queue(settings: Settings) -> str:
+    return f"{settings.queue}.template-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def send_template(celery: Celery, queue: str) -> None:
+    """Send the template message (job id ``MessageTemplate.MARK``) to ``queue``."""
+    celery.send_task(RUN_JOB_TASK, args=[MessageTemplate.MARK], task_id=MessageTemplate.MARK,
+                     queue=queue)  # fmt: skip

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
     catalog_cache_seconds: float = Field(default=2.0, ge=0.0)
     max_page_size: int = Field(default=200, ge=1)
+    enqueue: Literal["atomic", "send_task"] = Field(
+        default="atomic",
+        description="atomic: the job record and its Celery message are written in one Redis "
+        "transaction (message captured from Celery at startup); send_task: Celery sends it",
+    )
 
     # Worker
     queue: str = "gpu"

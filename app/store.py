@@ -39,8 +39,8 @@ DURATION_BUCKETS: tuple[float, ...] = (
 JSON_FIELDS = ("spec", "progress", "error", "result", "artifacts")
 
 # Create a job (and its idempotency key) atomically.
-# KEYS: record, index, current, total, idem ("" = none)
-# ARGV: ttl, score, id, idem value, kind, then field/value pairs of the record
+# KEYS: record, index, current, total, idem ("" = none), queue ("" = none)
+# ARGV: ttl, score, id, idem value, kind, message, then field/value pairs of the record
 _CREATE = """
 if KEYS[5] ~= '' then
   local existing = redis.call('GET', KEYS[5])
@@ -48,8 +48,9 @@ if KEYS[5] ~= '' then
   redis.call('SET', KEYS[5], ARGV[4], 'EX', ARGV[1])
 end
 local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
+if KEYS[6] ~= '' then redis.call('LPUSH', KEYS[6], ARGV[6]) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
@@ -272,7 +273,7 @@ class _Base:
 
     def _create_args(
         self, job_id: str, kind: str, spec: Mapping[str, Any], idem: tuple[str, str] | None,
-        now: float, extra: Mapping[str, Any] | None,
+        now: float, extra: Mapping[str, Any] | None, enqueue: tuple[str, str] | None = None,
     ) -> tuple[list[str], list[Any]]:  # fmt: skip
         fields: dict[str, Any] = {
             "id": job_id,
@@ -287,8 +288,9 @@ class _Base:
         k = self.keys
         idem_key = k.idem(idem[0]) if idem else ""
         idem_val = f"{job_id}|{idem[1]}" if idem else ""
-        keys = [k.job(job_id), k.index, k.current, k.total, idem_key]
-        return keys, [self.ttl, repr(now), job_id, idem_val, kind, *_flatten(fields)]
+        queue, message = enqueue if enqueue else ("", "")
+        keys = [k.job(job_id), k.index, k.current, k.total, idem_key, queue]
+        return keys, [self.ttl, repr(now), job_id, idem_val, kind, message, *_flatten(fields)]
 
     @staticmethod
     def _create_result(res: list[Any], idem: tuple[str, str] | None) -> tuple[str, bool]:
@@ -318,11 +320,13 @@ class AsyncJobStore(_Base):
         *,
         idempotency: tuple[str, str] | None = None,
         extra: Mapping[str, Any] | None = None,
+        enqueue: tuple[str, str] | None = None,
     ) -> tuple[str, bool]:
         """Store a queued job; returns ``(job id, created)``. With ``idempotency=(key, body
         hash)`` an earlier job of the same key is returned instead (``created`` False), or
-        :class:`IdempotencyConflict` raised if its body differed."""
-        keys, args = self._create_args(job_id, kind, spec, idempotency, time.time(), extra)
+        :class:`IdempotencyConflict` raised if its body differed. With ``enqueue=(queue key,
+        message)`` the broker message is pushed in the same transaction (only if created)."""
+        keys, args = self._create_args(job_id, kind, spec, idempotency, time.time(), extra, enqueue)
         res = await self._create(keys=keys, args=args)
         return self._create_result(cast(list[Any], res), idempotency)
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from app.deps import Services, ServicesDep
 from app.kinds import KINDS, KindDef, check_names
 from app.problems import Problem
-from app.queue import RUN_JOB_TASK
+from app.queue import RUN_JOB_TASK, queue_key
 from app.store import IdempotencyConflict, body_hash
 from app.views import job_urls
 from specs import SweepSpec, VisualizeSpec
@@ -61,8 +61,13 @@ async def submit(
     body = spec.model_dump(mode="json")
     job_id = uuid.uuid4().hex
     idem = (idempotency_key, body_hash([kind.kind, body])) if idempotency_key else None
+    enqueue = None
+    if services.template is not None:  # record and broker message in one transaction
+        enqueue = (queue_key(services.settings), services.template.render(job_id))
     try:
-        job_id, created = await services.store.create(job_id, kind.kind, body, idempotency=idem)
+        job_id, created = await services.store.create(
+            job_id, kind.kind, body, idempotency=idem, enqueue=enqueue
+        )
     except IdempotencyConflict as exc:
         raise Problem(
             422, "idempotency-key-reused", str(exc), title="Idempotency-Key reused", job=exc.job_id
@@ -74,6 +79,9 @@ async def submit(
         rec = await services.store.get(job_id)
         status = rec["status"] if rec else "queued"
         return {"id": job_id, "kind": kind.kind, "status": status, "urls": urls}
+    if enqueue is not None:
+        log.info("job queued", extra={"job_id": job_id, "kind": kind.kind})
+        return {"id": job_id, "kind": kind.kind, "status": "queued", "urls": urls}
 
     def send() -> None:
         services.celery.send_task(

@@ -307,3 +307,33 @@ def test_openapi_lists_the_routes(api: Api) -> None:
     for p in ("/visualize", "/entropy-sweep", "/jobs", "/jobs/{job_id}", "/models"):
         assert p in paths
     assert json.dumps(paths)  # serializable
+
+
+def _queued_message(api: Api) -> dict[str, Any]:
+    raw = api.store.r.rpop(queue_key(api.settings))
+    assert raw is not None
+    msg = json.loads(raw)
+    import base64
+
+    msg["body"] = json.loads(base64.b64decode(msg["body"]))
+    return dict(msg)
+
+
+def test_atomic_enqueue_writes_what_send_task_writes(redis_server: Any) -> None:
+    """The message pushed with the record equals Celery's own, but for per-message fields."""
+    msgs = []
+    for mode in ("atomic", "send_task"):
+        for api in make_api(redis_server, enqueue=mode):
+            job_id = submit(api).json()["id"]
+            assert api.queued_messages() == 1
+            msg = _queued_message(api)
+            assert msg["headers"]["id"] == msg["properties"]["correlation_id"] == job_id
+            assert msg["headers"]["task"] == "tivis.run_job"
+            assert msg["body"][0] == [job_id]
+            for k in ("id", "root_id", "argsrepr", "origin"):
+                msg["headers"].pop(k)
+            for k in ("correlation_id", "delivery_tag", "reply_to"):  # per message or app
+                msg["properties"].pop(k)
+            msg["body"][0] = None
+            msgs.append(msg)
+    assert msgs[0] == msgs[1]
