@@ -8,7 +8,7 @@
    check that every accepted job has a record ("nothing lost"); the jobs are then canceled so
    the worker drops them unrun.
 
-    python benchmarks/api.py [--url http://127.0.0.1:8000] [--requests 5000] [--concurrency 32]
+    python benchmarks/api.py [--url http://127.0.0.1:8000] [--requests 5000] [--concurrency 16]
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ async def main() -> None:
     ap.add_argument("--url", default="http://127.0.0.1:8000")
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--requests", type=int, default=5000)
-    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--overhead-jobs", type=int, default=20)
     ap.add_argument("--model", default=None, help="default: tiny if published, else the first")
     args = ap.parse_args()
