@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -61,6 +61,17 @@ class Settings(BaseSettings):
     # Embedded run
     data_dir: Path = Field(default=Path(".tivis"), description="embedded Redis data and socket")
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _limits_in_order(self) -> Settings:
+        if self.soft_time_limit >= self.hard_time_limit:
+            raise ValueError("TIVIS_SOFT_TIME_LIMIT must be below TIVIS_HARD_TIME_LIMIT")
+        if self.effective_visibility_timeout <= self.hard_time_limit:
+            raise ValueError(
+                "TIVIS_VISIBILITY_TIMEOUT must exceed TIVIS_HARD_TIME_LIMIT, or a running job "
+                "would be redelivered to a second worker"
+            )
+        return self
 
     @property
     def api_key_set(self) -> frozenset[str]:

@@ -116,6 +116,33 @@ def _shutdown(**_: Any) -> None:
         _heartbeat.stop()
 
 
+@signals.task_failure.connect  # type: ignore[untyped-decorator]
+def _task_failure(
+    task_id: str | None = None, exception: BaseException | None = None, **_: Any
+) -> None:
+    """Safety net: a job whose task died without recording its end is marked failed. A hard
+    time limit kills the pool process (this then runs in the main process); an exception that
+    escaped the task's own handling (e.g. a soft time limit during start-up) runs it in the
+    pool process."""
+    if task_id is None or exception is None:
+        return
+    store = JobStore(
+        redis.Redis.from_url(settings.redis_url), settings.key_prefix, settings.ttl_seconds
+    )
+    rec = store.get(task_id)
+    if rec is None or rec["status"] != "running":
+        return
+    name = type(exception).__name__
+    if name in ("TimeLimitExceeded", "SoftTimeLimitExceeded"):
+        err = {"type": "TimeLimitExceeded", "message": f"the job ran out of time ({exception})"}
+    else:
+        err = {"type": name, "message": str(exception)}
+    started = rec.get("started_at") or time.time()
+    store.finish(task_id, rec["attempts"], "failed", {"error": err}, kind=str(rec["kind"]),
+                 duration=time.time() - started)  # fmt: skip
+    log.error("job failed outside the task", extra={"job_id": task_id, "error": err})
+
+
 @signals.worker_process_init.connect  # type: ignore[untyped-decorator]
 def _process_init(**_: Any) -> None:
     """In each pool process after fork: fresh Redis connections and the model registry."""

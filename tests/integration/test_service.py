@@ -245,3 +245,25 @@ def test_sigkill_worker_mid_job_then_new_worker_finishes_it(
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_time_limit_marks_the_job_failed_and_the_worker_goes_on(
+    redis_server: Any, models_dir: Path, tmp_path: Path
+) -> None:
+    limits = {"TIVIS_SOFT_TIME_LIMIT": 4, "TIVIS_HARD_TIME_LIMIT": 600}
+    settings, store, env = start_service(redis_server, tmp_path, models_dir, **limits)
+    worker = Worker(env, tmp_path / "w.log")
+    try:
+        worker.wait_ready(store.r, settings.key_prefix, timeout=180 * SLOW)
+        with TestClient(create_app(settings)) as client:
+            svc = Service(client, store, [worker])
+            job_id = svc.submit(LONG)
+            job = svc.wait_status(job_id, {"succeeded", "failed", "canceled"}, 60)
+            assert job["status"] == "failed" and job["error"]["type"] == "TimeLimitExceeded"
+            assert job["attempts"] == 1 and job["artifacts"] == []
+            # the pool process is replaced and takes the next job
+            nxt = svc.submit({"model": "tiny", "targets": [1], "method": "vanilla",
+                              "optimizer": {"max_total_steps": 5}})  # fmt: skip
+            assert svc.wait_status(nxt, {"succeeded", "failed"}, 60)["status"] == "succeeded"
+    finally:
+        worker.stop()
