@@ -1,0 +1,115 @@
+"""Per-step random transformations: seeded draws, exact shifts, views in image-major order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specs import StepAugment
+from worker.engine import augment as A
+from worker.engine import transforms as T
+
+AUG = StepAugment(views=4, jitter=3, max_rotation=30.0, scale_min=0.9, scale_max=1.1)
+
+
+def ramp(size: int = 8) -> torch.Tensor:
+    """(1, 3, size, size): value 10 * column + row, distinct everywhere."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return (10.0 * xx + yy).expand(3, size, size)[None].float()
+
+
+def test_draw_is_seeded_and_within_bounds() -> None:
+    a = A.draw(A.generator(7), AUG)
+    b = A.draw(A.generator(7), AUG)
+    c = A.draw(A.generator(8), AUG)
+    assert torch.equal(a.angles, b.angles) and torch.equal(a.shifts, b.shifts)
+    assert not torch.equal(a.angles, c.angles)
+    assert a.angles.shape == (4,) and a.shifts.shape == (4, 2)
+    assert bool((a.angles.abs() <= 30).all())
+    assert bool(((a.scales >= 0.9) & (a.scales <= 1.1)).all())
+    assert bool((a.shifts.abs() <= 3).all())
+
+
+def test_generator_stream_continues_across_draws() -> None:
+    g = A.generator(1)
+    first, second = A.draw(g, AUG), A.draw(g, AUG)
+    assert not torch.equal(first.angles, second.angles)
+
+
+def test_image_seed_depends_on_seed_target_and_gray_not_on_batch() -> None:
+    s = A.image_seed(0, 805, 0.0)
+    assert s == A.image_seed(0, 805, 0.0)
+    assert (
+        len({s, A.image_seed(1, 805, 0.0), A.image_seed(0, 1, 0.0), A.image_seed(0, 805, 10.0)})
+        == 4
+    )
+    assert 0 <= s < 2**63
+
+
+@pytest.mark.parametrize(("dy", "dx"), [(0, 0), (1, 0), (0, 2), (-2, 1), (3, -3)])
+def test_shift_equals_roll_with_black_fill(dy: int, dx: int) -> None:
+    x = ramp()
+    expected = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    if dy > 0:
+        expected[:, :, :dy] = 0
+    elif dy < 0:
+        expected[:, :, dy:] = 0
+    if dx > 0:
+        expected[:, :, :, :dx] = 0
+    elif dx < 0:
+        expected[:, :, :, dx:] = 0
+    assert torch.equal(A.shift(x, dy, dx), expected)
+
+
+def test_shift_by_one_column_of_a_ramp() -> None:
+    out = A.shift(ramp(4), 0, 1)
+    assert out[0, 0, 0].tolist() == [0.0, 0.0, 10.0, 20.0]
+
+
+def test_apply_pure_jitter_is_exact_and_image_major() -> None:
+    x = torch.cat([ramp(), ramp() + 100])
+    draws = [
+        A.Draw(
+            torch.zeros(2, dtype=torch.float64),
+            torch.ones(2, dtype=torch.float64),
+            torch.tensor([[0, 1], [2, 0]]),
+        ),
+        A.Draw(
+            torch.zeros(2, dtype=torch.float64),
+            torch.ones(2, dtype=torch.float64),
+            torch.tensor([[0, 0], [-1, -1]]),
+        ),
+    ]
+    out = A.apply(x, draws)
+    assert out.shape == (4, 3, 8, 8)
+    assert torch.equal(out[0], A.shift(x[:1], 0, 1)[0])
+    assert torch.equal(out[1], A.shift(x[:1], 2, 0)[0])
+    assert torch.equal(out[2], x[1])
+    assert torch.equal(out[3], A.shift(x[1:], -1, -1)[0])
+
+
+def test_apply_quarter_turn_equals_rot90() -> None:
+    x = ramp()
+    d = A.Draw(
+        torch.tensor([90.0], dtype=torch.float64),
+        torch.ones(1, dtype=torch.float64),
+        torch.zeros(1, 2, dtype=torch.long),
+    )
+    assert torch.equal(A.apply(x, [d]), torch.rot90(x, 1, dims=(2, 3)))
+
+
+def test_apply_rotation_matches_warp_and_is_differentiable() -> None:
+    x = (ramp() * 2).requires_grad_(True)
+    d = A.draw(
+        A.generator(3), StepAugment(views=3, max_rotation=180.0, scale_min=0.8, scale_max=1.2)
+    )
+    out = A.apply(x, [d])
+    ref = T.warp(x.detach().repeat(3, 1, 1, 1), d.angles, d.scales)
+    assert torch.allclose(out.detach(), ref)
+    out.sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_apply_checks_its_inputs() -> None:
+    with pytest.raises(ValueError, match="one draw per image"):
+        A.apply(ramp(), [])

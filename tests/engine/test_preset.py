@@ -1,0 +1,106 @@
+"""The ``invariant+`` preset: spec resolution, determinism, batching, and its quality for real."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from specs import PRESETS, OptimizeSpec, RandomViews, StepAugment
+from worker.engine import optimize as O
+from worker.engine import transforms as T
+from worker.engine.images import decode_image, encode_png, flat_gray
+from worker.engine.models import LoadedModel, Registry
+
+SOCCER = 9
+
+
+@pytest.fixture(scope="module")
+def tiny(models_dir: Path) -> LoadedModel:
+    return Registry(models_dir=models_dir).load("tiny")
+
+
+def small_plus(**kw: object) -> OptimizeSpec:
+    """The preset, cut down for the tiny model."""
+    base: dict[str, object] = {
+        "method": "invariant+",
+        "optimizer": {"max_steps_per_round": 4},
+        "augment": {"views": 2},
+    }
+    base.update(kw)
+    return OptimizeSpec.model_validate(base)
+
+
+def test_preset_fills_what_the_request_leaves_out() -> None:
+    spec = OptimizeSpec(method="invariant+")
+    preset = PRESETS["invariant+"]
+    assert spec.param.kind == "fourier"
+    assert spec.augment.enabled
+    assert spec.model_dump(include=set(preset)) == OptimizeSpec.model_validate(preset).model_dump(
+        include=set(preset)
+    )
+    # a partial override of a nested field keeps the preset's other values
+    tuned = OptimizeSpec.model_validate({"method": "invariant+", "augment": {"views": 1}})
+    assert tuned.augment.views == 1
+    assert tuned.augment.max_rotation == spec.augment.max_rotation
+    # the paper's method is untouched
+    assert OptimizeSpec().param.kind == "pixel" and not OptimizeSpec().augment.enabled
+
+
+def test_step_augment_bounds() -> None:
+    with pytest.raises(ValueError, match="scale_min"):
+        StepAugment(views=1, scale_min=1.2, scale_max=0.8)
+    with pytest.raises(ValueError):
+        StepAugment(views=100)
+
+
+def test_preset_raises_the_target_probability(tiny: LoadedModel) -> None:
+    x0 = flat_gray([255], 32)
+    q0 = float(O.target_probs(tiny, x0, torch.tensor([SOCCER]))[0])
+    res = O.visualize(tiny, x0, torch.tensor([SOCCER]), small_plus())[0]
+    assert res.q_final > q0
+    assert torch.equal(res.image, res.image.round())
+    assert float(res.image.min()) >= 0 and float(res.image.max()) <= 255
+    assert len(res.trace) == len(small_plus().rounds()) + 1
+
+
+def test_same_seed_same_bytes_other_seed_other_image(tiny: LoadedModel) -> None:
+    run = lambda seed: O.visualize(  # noqa: E731
+        tiny, flat_gray([0], 32), torch.tensor([SOCCER]), small_plus(seed=seed)
+    )[0]
+    a, b, c = run(5), run(5), run(6)
+    assert encode_png(a.image) == encode_png(b.image)
+    assert encode_png(a.image) != encode_png(c.image)
+
+
+def test_batched_equals_one_by_one(tiny: LoadedModel) -> None:
+    levels, targets = [0, 60, 200], [SOCCER, 5, SOCCER]
+    spec = small_plus()
+    batch = O.visualize(tiny, flat_gray(levels, 32), torch.tensor(targets), spec)
+    for g, t, b in zip(levels, targets, batch, strict=True):
+        one = O.visualize(tiny, flat_gray([g], 32), torch.tensor([t]), spec)[0]
+        assert [r.steps for r in one.trace] == [r.steps for r in b.trace]
+        # Float noise of a different batch composition: Adam amplifies it a little, and a
+        # Fourier coefficient touches every pixel, so allow a few levels here and there.
+        diff = (one.image - b.image).abs()
+        assert float(diff.max()) <= 3.0 and float(diff.mean()) < 0.5
+        assert one.q_final == pytest.approx(b.q_final, abs=0.01)
+
+
+def test_pixel_parameterization_with_random_views(tiny: LoadedModel) -> None:
+    spec = small_plus(param={"kind": "pixel"})
+    res = O.visualize(tiny, flat_gray([0], 32), torch.tensor([SOCCER]), spec)[0]
+    assert res.total_steps > 0 and float(res.image.min()) >= 0
+
+
+@pytest.mark.slow
+def test_preset_is_confident_and_invariant_on_the_real_model() -> None:
+    lite = Registry().load("efficientnet_lite0")
+    target = torch.tensor([lite.info.resolve_target("goldfish")])
+    res = O.visualize(lite, flat_gray([0], 224), target, OptimizeSpec(method="invariant+"))[0]
+    img = decode_image(encode_png(res.image))[None]  # the saved 8-bit PNG
+    angles, scales = T.random_views(RandomViews())  # the quality report's 16 views
+    assert float(O.target_probs(lite, img, target)[0]) >= 0.9
+    views = float(O.view_probs(lite, img, target, angles, scales).mean())
+    assert views >= 0.85, views
