@@ -1,6 +1,8 @@
 """Job kinds the API accepts: their spec model and the names they must be checked against.
 
-Adding a kind (e.g. classify) means adding an entry here and a runner in ``worker/tasks.py``.
+Adding a kind means adding an entry here, a route, and a runner in ``worker/tasks.py``.
+``classify`` and ``screen`` are checked by ``specs.debug.check_request`` (uploads, models) in
+``app/routes/debug.py`` rather than by :func:`check_names`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pydantic import BaseModel
 
 from app.catalog import Catalog, UnknownName
 from specs import SweepSpec, VisualizeSpec
+from specs.debug import ClassifySpec, ScreenSpec
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,12 @@ KINDS: dict[str, KindDef] = {
     ),
     "sweep": KindDef(
         "sweep", SweepSpec, "/entropy-sweep", "Entropy sweep over initial gray levels"
+    ),
+    "classify": KindDef(
+        "classify", ClassifySpec, "/classify", "Classify images with one or more models (Fig. 6)"
+    ),
+    "screen": KindDef(
+        "screen", ScreenSpec, "/screen", "Screen rectangles of an image with each model's zero"
     ),
 }
 

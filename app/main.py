@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import anyio
 import redis.asyncio as aredis
@@ -24,7 +24,7 @@ from app.queue import (
     scratch_queue,
     send_template,
 )
-from app.routes import health, jobs, models, submit
+from app.routes import debug, health, jobs, models, submit
 from app.settings import Settings, get_settings
 from app.store import AsyncJobStore
 
@@ -79,7 +79,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router, dependencies=secured)
     app.include_router(submit.router, dependencies=secured)
+    app.include_router(debug.router, dependencies=secured)
     app.include_router(jobs.router, dependencies=secured)
+
+    base_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            debug.add_schemas(base_openapi())
+        return app.openapi_schema or base_openapi()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")

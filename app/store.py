@@ -9,6 +9,8 @@ Layout (``P`` = prefix):
 
 - ``P:job:<id>``                hash: the job record (status, kind, spec, progress, result, ...)
 - ``P:job:<id>:artifacts``      hash: artifact name -> bytes (written once, at success)
+- ``P:job:<id>:uploads``        hash: upload name -> image bytes of a classify/screen job
+  (written with the record, in the same transaction; read by the worker)
 - ``P:job:<id>:staging:<n>``    hash: artifacts of attempt ``n`` until it succeeds
 - ``P:jobs``                    sorted set: every job id by creation time (for listing)
 - ``P:idem:<key>``              string: ``<job id>|<body hash>`` of an ``Idempotency-Key``
@@ -39,17 +41,23 @@ DURATION_BUCKETS: tuple[float, ...] = (
 JSON_FIELDS = ("spec", "progress", "error", "result", "artifacts")
 
 # Create a job (and its idempotency key) atomically.
-# KEYS: record, index, current, total, idem ("" = none), queue ("" = none)
-# ARGV: ttl, score, id, idem value, kind, message, then field/value pairs of the record
+# KEYS: record, index, current, total, idem ("" = none), queue ("" = none), uploads
+# ARGV: ttl, score, id, idem value, kind, message, n, then the record's n field/value items,
+# then name/bytes pairs of the job's uploaded images (none: nothing written to KEYS[7])
 _CREATE = """
 if KEYS[5] ~= '' then
   local existing = redis.call('GET', KEYS[5])
   if existing then return {0, existing} end
   redis.call('SET', KEYS[5], ARGV[4], 'EX', ARGV[1])
 end
+local last = 7 + tonumber(ARGV[7])
 local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 8, last do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
+if #ARGV > last then
+  for i = last + 1, #ARGV, 2 do redis.call('HSET', KEYS[7], ARGV[i], ARGV[i + 1]) end
+  redis.call('EXPIRE', KEYS[7], ARGV[1])
+end
 if KEYS[6] ~= '' then redis.call('LPUSH', KEYS[6], ARGV[6]) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
@@ -171,6 +179,9 @@ class Keys:
     def artifacts(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:artifacts"
 
+    def uploads(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:uploads"
+
     def staging(self, job_id: str, attempt: int | str) -> str:
         return f"{self.prefix}:job:{job_id}:staging:{attempt}"
 
@@ -274,6 +285,7 @@ class _Base:
     def _create_args(
         self, job_id: str, kind: str, spec: Mapping[str, Any], idem: tuple[str, str] | None,
         now: float, extra: Mapping[str, Any] | None, enqueue: tuple[str, str] | None = None,
+        uploads: Mapping[str, bytes] | None = None,
     ) -> tuple[list[str], list[Any]]:  # fmt: skip
         fields: dict[str, Any] = {
             "id": job_id,
@@ -289,8 +301,13 @@ class _Base:
         idem_key = k.idem(idem[0]) if idem else ""
         idem_val = f"{job_id}|{idem[1]}" if idem else ""
         queue, message = enqueue if enqueue else ("", "")
-        keys = [k.job(job_id), k.index, k.current, k.total, idem_key, queue]
-        return keys, [self.ttl, repr(now), job_id, idem_val, kind, message, *_flatten(fields)]
+        keys = [k.job(job_id), k.index, k.current, k.total, idem_key, queue, k.uploads(job_id)]
+        record = _flatten(fields)
+        files: list[Any] = []
+        for name, data in (uploads or {}).items():
+            files += [name, data]
+        return keys, [self.ttl, repr(now), job_id, idem_val, kind, message, len(record), *record,
+                      *files]  # fmt: skip
 
     @staticmethod
     def _create_result(res: list[Any], idem: tuple[str, str] | None) -> tuple[str, bool]:
@@ -321,12 +338,16 @@ class AsyncJobStore(_Base):
         idempotency: tuple[str, str] | None = None,
         extra: Mapping[str, Any] | None = None,
         enqueue: tuple[str, str] | None = None,
+        uploads: Mapping[str, bytes] | None = None,
     ) -> tuple[str, bool]:
         """Store a queued job; returns ``(job id, created)``. With ``idempotency=(key, body
         hash)`` an earlier job of the same key is returned instead (``created`` False), or
         :class:`IdempotencyConflict` raised if its body differed. With ``enqueue=(queue key,
-        message)`` the broker message is pushed in the same transaction (only if created)."""
-        keys, args = self._create_args(job_id, kind, spec, idempotency, time.time(), extra, enqueue)
+        message)`` the broker message is pushed in the same transaction (only if created), and
+        so are ``uploads`` (name -> image bytes, under the job with the same TTL)."""
+        keys, args = self._create_args(
+            job_id, kind, spec, idempotency, time.time(), extra, enqueue, uploads
+        )
         res = await self._create(keys=keys, args=args)
         return self._create_result(cast(list[Any], res), idempotency)
 
@@ -414,6 +435,9 @@ class AsyncJobStore(_Base):
     async def artifact(self, job_id: str, name: str) -> bytes | None:
         data = await self.r.hget(self.keys.artifacts(job_id), name)
         return cast(bytes | None, data)
+
+    async def has_artifact(self, job_id: str, name: str) -> bool:
+        return bool(await self.r.hexists(self.keys.artifacts(job_id), name))
 
     async def catalog(self) -> dict[str, dict[str, Any]]:
         raw = await self.r.hgetall(self.keys.catalog)
@@ -553,6 +577,25 @@ class JobStore(_Base):
 
     def artifact(self, job_id: str, name: str) -> bytes | None:
         return cast(bytes | None, self.r.hget(self.keys.artifacts(job_id), name))
+
+    def images(
+        self, job_id: str, uploads: Iterable[str], refs: Iterable[tuple[str, str]]
+    ) -> dict[str, bytes]:
+        """The input images of a classify/screen job: its ``uploads`` by name, and artifacts of
+        other jobs keyed ``job/artifact`` (``refs`` as ``(job, artifact)``). ``ValueError``
+        naming what is gone (expired)."""
+        ups, rs = list(uploads), list(refs)
+        pipe = self.r.pipeline(transaction=False)
+        for name in ups:
+            pipe.hget(self.keys.uploads(job_id), name)
+        for ref_job, art in rs:
+            pipe.hget(self.keys.artifacts(ref_job), art)
+        values = cast(list[bytes | None], pipe.execute())
+        names = ups + [f"{j}/{a}" for j, a in rs]
+        missing = [n for n, v in zip(names, values, strict=True) if v is None]
+        if missing:
+            raise ValueError(f"input image(s) gone from Redis (expired?): {', '.join(missing)}")
+        return {n: cast(bytes, v) for n, v in zip(names, values, strict=True)}
 
     def artifact_names(self, job_id: str) -> list[str]:
         return sorted(

@@ -19,20 +19,26 @@ def job_urls(job_id: str) -> dict[str, str]:
     return {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel"}
 
 
-def _with_urls(node: Any, base: str) -> Any:
-    """Add ``urls`` beside every ``artifacts: {role: name}`` and ``image_url`` beside sweep rows'
-    ``image`` names, so clients need not build artifact URLs themselves."""
+URL_KEYS = ("image", "panel", "screened", "grid")
+"""Result keys whose value may name an artifact; each such value gets a ``<key>_url`` beside it."""
+
+
+def _with_urls(node: Any, base: str, names: frozenset[str]) -> Any:
+    """Add ``urls`` beside every ``artifacts: {role: name}``, and ``<key>_url`` beside every
+    ``image``, ``panel``, ``screened`` or ``grid`` naming one of the job's artifacts (``names``),
+    so clients need not build artifact URLs themselves."""
     if isinstance(node, list):
-        return [_with_urls(v, base) for v in node]
+        return [_with_urls(v, base, names) for v in node]
     if not isinstance(node, dict):
         return node
-    out = {k: _with_urls(v, base) for k, v in node.items()}
+    out = {k: _with_urls(v, base, names) for k, v in node.items()}
     arts = node.get("artifacts")
     if isinstance(arts, dict) and all(isinstance(v, str) for v in arts.values()):
         out["urls"] = {role: f"{base}/artifacts/{name}" for role, name in arts.items()}
-    img = node.get("image")
-    if isinstance(img, str) and img.endswith(".png"):
-        out["image_url"] = f"{base}/artifacts/{img}"
+    for key in URL_KEYS:
+        value = node.get(key)
+        if isinstance(value, str) and value in names:
+            out[f"{key}_url"] = f"{base}/artifacts/{value}"
     return out
 
 
@@ -60,6 +66,8 @@ def job_view(rec: dict[str, Any], *, full: bool = True) -> dict[str, Any]:
     arts = rec.get("artifacts") or []
     if full:
         out["params"] = spec
-        out["result"] = _with_urls(rec.get("result"), base) if rec.get("result") else None
+        names = frozenset(str(a["name"]) for a in arts)
+        result = rec.get("result")
+        out["result"] = _with_urls(result, base, names) if result else None
         out["artifacts"] = [dict(a, url=f"{base}/artifacts/{a['name']}") for a in arts]
     return out

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import redis
@@ -24,7 +24,8 @@ from app.queue import RUN_JOB_TASK
 from app.settings import get_settings
 from app.store import JobStore
 from specs import SweepSpec, VisualizeSpec
-from worker import pipeline  # torch, imported before the pool forks: children start warm
+from specs.debug import ArtifactRef, ClassifySpec, ScreenSpec
+from worker import debugging, pipeline  # torch, imported before the pool forks: warm children
 from worker.celery_app import app
 
 log = logging.getLogger("tivis.worker")
@@ -37,12 +38,16 @@ class JobCanceled(Exception):
 @dataclass(frozen=True)
 class Runner:
     spec: type[BaseModel]
-    run: str  # function name in worker.pipeline (imported lazily: torch)
+    run: str  # function name in ``module``
+    module: ModuleType = pipeline
+    images: bool = False  # takes the job's input images (uploads and artifact references)
 
 
 RUNNERS: dict[str, Runner] = {
     "visualize": Runner(VisualizeSpec, "run_visualize"),
     "sweep": Runner(SweepSpec, "run_sweep"),
+    "classify": Runner(ClassifySpec, "run_classify", debugging, images=True),
+    "screen": Runner(ScreenSpec, "run_screen", debugging, images=True),
 }
 
 
@@ -76,22 +81,46 @@ def state() -> _State:
     return _state
 
 
-def _progress(st: _State, job_id: str, attempt: int) -> Callable[[int, int, int, float], None]:
-    every = st.settings.cancel_check_seconds
-    last = [0.0]
+class _Progress:
+    """The engine's progress callback: writes a few times a second (throttled), checks the cancel
+    flag on each write, and remembers the last values it was called with, written or not, for
+    the final record."""
 
-    def report(rnd: int, rounds: int, step: int, q: float) -> None:
-        now = time.monotonic()
-        if now - last[0] < every:
-            return
-        last[0] = now
+    def __init__(self, st: _State, job_id: str, attempt: int) -> None:
+        self.st = st
+        self.job_id = job_id
+        self.attempt = attempt
+        self.every = st.settings.cancel_check_seconds
+        self.written = 0.0
+        self.last: dict[str, Any] = {}
+
+    def __call__(self, rnd: int, rounds: int, step: int, q: float) -> None:
         pct = round(100.0 * min(rnd, rounds) / max(rounds, 1), 1)
-        info = {"round": rnd, "rounds": rounds, "step": step, "q_c": q, "percent": pct,
-                "attempt": attempt}  # fmt: skip
-        if st.store.progress(job_id, info):
-            raise JobCanceled(job_id)
+        self.last = {"round": rnd, "rounds": rounds, "step": step, "q_c": q, "percent": pct,
+                     "attempt": self.attempt}  # fmt: skip
+        now = time.monotonic()
+        if now - self.written < self.every:
+            return
+        self.written = now
+        if self.st.store.progress(self.job_id, self.last):
+            raise JobCanceled(self.job_id)
 
-    return report
+    def final(self) -> dict[str, Any]:
+        """The last round, rounds, step and q_C seen, at 100 percent."""
+        return {**self.last, "percent": 100.0, "attempt": self.attempt}
+
+
+def _images(st: _State, job_id: str, spec: BaseModel) -> dict[str, bytes]:
+    """The input images a classify/screen spec names, keyed as ``specs.debug.image_key``."""
+    if isinstance(spec, ClassifySpec):
+        refs = list(spec.images)
+    elif isinstance(spec, ScreenSpec):
+        refs = [spec.image] if spec.image is not None else []
+    else:
+        raise TypeError(f"{type(spec).__name__} takes no images")
+    uploads = [r for r in refs if isinstance(r, str)]
+    others = [(r.job, r.artifact) for r in refs if isinstance(r, ArtifactRef)]
+    return st.store.images(job_id, uploads, others)
 
 
 def _error(exc: BaseException) -> dict[str, str]:
@@ -115,6 +144,8 @@ def run_job(job_id: str) -> str:
     t0 = time.monotonic()
     log.info("job started", extra={**ctx, "kind": kind})
 
+    progress = _Progress(st, job_id, attempt)
+
     def finish(status: str, fields: dict[str, Any]) -> str:
         took = time.monotonic() - t0
         ok = st.store.finish(job_id, attempt, status, fields, kind=kind, duration=took)
@@ -129,14 +160,19 @@ def run_job(job_id: str) -> str:
         if runner is None:
             raise ValueError(f"this worker cannot run jobs of kind {kind!r}")
         spec = runner.spec.model_validate(rec["spec"])
-        run = getattr(pipeline, runner.run)
-        out = run(
-            spec,
-            st.registry,
-            device=st.settings.device,
-            runtime=st.runtime,
-            progress=_progress(st, job_id, attempt),
-        )
+        run = getattr(runner.module, runner.run)
+        if runner.images:
+            out = run(
+                spec,
+                st.registry,
+                _images(st, job_id, spec),
+                device=st.settings.device,
+                max_pixels=st.settings.max_upload_pixels,
+            )
+        else:
+            out = run(
+                spec, st.registry, device=st.settings.device, runtime=st.runtime, progress=progress
+            )
     except JobCanceled:
         return finish("canceled", {})
     except SoftTimeLimitExceeded:
@@ -150,6 +186,5 @@ def run_job(job_id: str) -> str:
     listing = [
         {"name": a.name, "media_type": a.media_type, "size": len(a.data)} for a in out.artifacts
     ]
-    prog = rec.get("progress") or {}
-    done = {**prog, "percent": 100.0, "attempt": attempt}
+    done = progress.final()
     return finish("succeeded", {"result": out.result, "artifacts": listing, "progress": done})

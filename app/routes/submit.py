@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel
 
+from app.catalog import Catalog
 from app.deps import Services, ServicesDep
 from app.kinds import KINDS, KindDef, check_names
 from app.problems import Problem
@@ -29,14 +32,8 @@ class JobAccepted(BaseModel):
     urls: dict[str, str]
 
 
-async def submit(
-    services: Services,
-    kind: KindDef,
-    spec: BaseModel,
-    response: Response,
-    idempotency_key: str | None,
-) -> dict[str, Any]:
-    """Check names against the published catalog, store the job, send its task (by name)."""
+async def require_catalog(services: Services) -> Catalog:
+    """The published catalog, or 503 when no worker has published one yet."""
     catalog = await services.catalog()
     if not catalog:
         catalog = await services.catalog(fresh=True)
@@ -45,6 +42,18 @@ async def submit(
             503, "no-models", "no worker has published its models yet; start a worker",
             headers={"Retry-After": "5"},
         )  # fmt: skip
+    return catalog
+
+
+async def submit(
+    services: Services,
+    kind: KindDef,
+    spec: BaseModel,
+    response: Response,
+    idempotency_key: str | None,
+) -> dict[str, Any]:
+    """Check names against the published catalog, store the job, send its task (by name)."""
+    catalog = await require_catalog(services)
     unknown = check_names(spec, catalog)
     if unknown:
         sugg = unknown[0].suggestions
@@ -58,15 +67,30 @@ async def submit(
             ],
             suggestions=sugg,
         )
-    body = spec.model_dump(mode="json")
+    return await queue_job(services, kind, spec.model_dump(mode="json"), response, idempotency_key)
+
+
+async def queue_job(
+    services: Services,
+    kind: KindDef,
+    body: dict[str, Any],
+    response: Response,
+    idempotency_key: str | None,
+    uploads: Mapping[str, bytes] | None = None,
+) -> dict[str, Any]:
+    """Store a checked job (with its ``uploads``, in the same transaction) and queue it: 202."""
     job_id = uuid.uuid4().hex
-    idem = (idempotency_key, body_hash([kind.kind, body])) if idempotency_key else None
+    idem = None
+    if idempotency_key:
+        digests = {n: hashlib.sha256(d).hexdigest() for n, d in (uploads or {}).items()}
+        hashed: list[Any] = [kind.kind, body, digests] if uploads else [kind.kind, body]
+        idem = (idempotency_key, body_hash(hashed))
     enqueue = None
     if services.template is not None:  # record and broker message in one transaction
         enqueue = (queue_key(services.settings), services.template.render(job_id))
     try:
         job_id, created = await services.store.create(
-            job_id, kind.kind, body, idempotency=idem, enqueue=enqueue
+            job_id, kind.kind, body, idempotency=idem, enqueue=enqueue, uploads=uploads
         )
     except IdempotencyConflict as exc:
         raise Problem(
