@@ -14,8 +14,6 @@ round-by-round transformations (rotate the image, keep optimizing) work on any p
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from specs import ImageParameterization
@@ -125,12 +123,6 @@ def make_param(cfg: ImageParameterization, images: torch.Tensor) -> ImageParam:
     if cfg.kind == "fourier":
         return FourierParam(images, cfg)
     raise ValueError(f"expected parameterization 'pixel' or 'fourier', got {cfg.kind!r}")
-
-
-def logit_gray(level: float, margin: float) -> float:
-    """The sigmoid logit that renders the flat gray ``level`` (clamped by ``margin``)."""
-    p = min(max(level, margin), 255.0 - margin) / 255.0
-    return math.log(p) - math.log1p(-p)
 
 
 __all__ = [
