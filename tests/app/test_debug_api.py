@@ -211,9 +211,7 @@ def test_classify_an_artifact_of_a_finished_job(api: Api) -> None:
         ({"job": "@RUNNING", "artifact": "v.png"}, "is running"),
     ],
 )
-def test_bad_artifact_reference_queues_nothing(
-    api: Api, ref: dict[str, str], words: str
-) -> None:
+def test_bad_artifact_reference_queues_nothing(api: Api, ref: dict[str, str], words: str) -> None:
     src = finished_job(api)
     running = str(api.c.post("/visualize", json={"model": "tiny", "targets": [1]}).json()["id"])
     api.store.start(running, 3)

@@ -212,6 +212,86 @@ def test_entropy_sweep_through_the_form(page: Any, live: LiveService, shots: Sho
     assert not page.console_errors, page.console_errors
 
 
+def _png_file(tmp: Path, name: str, size: tuple[int, int], color: tuple[int, int, int]) -> Path:
+    from PIL import Image
+
+    path = tmp / name
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def test_classify_upload_through_the_form(
+    page: Any, live: LiveService, shots: Shots, tmp_path: Path
+) -> None:
+    """Upload two images on the tiny model: the panel and a top-k table per image appear."""
+    a = _png_file(tmp_path, "red.png", (96, 64), (220, 30, 30))
+    b = _png_file(tmp_path, "blue.png", (64, 64), (30, 30, 220))
+    page.goto(live.url + "/")
+    page.click("button[data-tab=classify]")
+    form = "#form-classify"
+    _pick_only_model(page, form, "tiny")
+    page.set_input_files(f"{form} input[type=file]", [str(a), str(b)])
+    page.fill(f"{form} input[name=top_k]", "3")
+    page.wait_for_selector(f"{form} .previews img >> nth=1")
+    shots("01-form")
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_url(re.compile(r"#/jobs/[0-9a-f]+$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_selector(".classify-image", timeout=120_000 * SLOW)
+    job = live.job(job_id)
+    assert job["status"] == "succeeded" and job["params"]["images"] == ["red.png", "blue.png"]
+    assert job["params"]["models"] == ["tiny"] and job["params"]["top_k"] == 3
+    _wait_image(page, "#debug-panel img")
+    cards = page.locator(".classify-image")
+    assert cards.count() == 2
+    for k, im in enumerate(job["result"]["images"]):
+        table = cards.nth(k).locator("[data-model=tiny] table.top5")
+        assert table.locator("tbody tr").count() == 3
+        assert im["predictions"]["tiny"][0]["label"] in table.inner_text()
+    shots("02-result")
+    assert not page.console_errors, page.console_errors
+
+
+def test_screen_a_rectangle_drawn_with_the_mouse(
+    page: Any, live: LiveService, shots: Shots, tmp_path: Path
+) -> None:
+    """Draw a rectangle on the image; the job screens it and shows before and after."""
+    img = _png_file(tmp_path, "photo.png", (200, 100), (40, 160, 90))
+    page.goto(live.url + "/")
+    page.click("button[data-tab=screen]")
+    form = "#form-screen"
+    _pick_only_model(page, form, "tiny")
+    page.set_input_files(f"{form} input[type=file]", str(img))
+    canvas = page.locator(f"{form} canvas.screen-canvas")
+    page.wait_for_function(
+        "(sel) => document.querySelector(sel).width === 200", arg=f"{form} canvas.screen-canvas"
+    )
+    box = canvas.bounding_box()
+    sx, sy = box["width"] / 200, box["height"] / 100  # canvas pixels are image pixels here
+    page.mouse.move(box["x"] + 20 * sx, box["y"] + 10 * sy)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 60 * sx, box["y"] + 40 * sy, steps=5)
+    page.mouse.up()
+    assert page.locator(f"{form} .rect-list li").count() == 1
+    shots("01-rectangle")
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_url(re.compile(r"#/jobs/[0-9a-f]+$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_selector(".screen-model", timeout=120_000 * SLOW)
+    job = live.job(job_id)
+    (rect,) = job["params"]["rectangles"]
+    assert abs(rect["x"] - 20) <= 1 and abs(rect["y"] - 10) <= 1
+    assert abs(rect["width"] - 40) <= 2 and abs(rect["height"] - 30) <= 2
+    card = page.locator(".screen-model[data-model=tiny]")
+    assert card.locator("table.top5").count() == 2  # before and after
+    _wait_image(page, ".screen-model img")
+    _wait_image(page, "#debug-panel img")
+    flag = "top-1 changed" if job["result"]["models"][0]["top1_changed"] else "top-1 unchanged"
+    assert card.locator(".top1-flag").inner_text() == flag
+    shots("02-result")
+    assert not page.console_errors, page.console_errors
+
+
 def test_api_errors_in_words_and_the_key_dialog(
     page: Any, live: LiveService, shots: Shots, tmp_path: Path
 ) -> None:

@@ -174,3 +174,13 @@ export function curlFor(method, path, body) {
   }
   return parts.join(" ");
 }
+
+/** A curl command for a multipart upload: one ``-F images=@<file>`` per file, then the spec. */
+export function curlForm(path, fileNames, spec, fields = { images: "images", spec: "spec" }) {
+  const q = (s) => `'${String(s).replace(/'/g, "'\\''")}'`;
+  const parts = ["curl", "-X", "POST", q(location.origin + path)];
+  if (apiKey()) parts.push("-H", q(`X-API-Key: ${apiKey()}`));
+  for (const name of fileNames) parts.push("-F", q(`${fields.images}=@${name}`));
+  parts.push("-F", q(`${fields.spec}=${JSON.stringify(spec)}`));
+  return parts.join(" ");
+}

@@ -6,14 +6,21 @@ import { h, $, $$, clear, errorBox, toast, copyText } from "./ui.js";
 const DEFAULT_SCHEDULE = [{ op: "rotate", value: 10, repeat: 36 }];
 const DEFAULT_LEVELS = [...Array.from({ length: 26 }, (_, i) => i * 10), 255];
 
-// The multipart field names of POST /classify and POST /screen (issue 4). One place to adapt.
+// The multipart contract of POST /classify and POST /screen (app/uploads.py): file parts named
+// "images" (repeatable; each file's name is how the spec refers to it) and one part "spec"
+// holding the JSON spec (ClassifySpec / ScreenSpec).
 export const UPLOAD_FIELDS = {
-  classifyImages: "images",
-  screenImage: "image",
-  models: "models",
-  topK: "top_k",
-  rects: "rects",
+  images: "images",
+  spec: "spec",
 };
+
+/** The multipart body: the files, then the spec as a JSON part. */
+function uploadForm(files, spec) {
+  const fd = new FormData();
+  for (const f of files) fd.append(UPLOAD_FIELDS.images, f, f.name);
+  fd.append(UPLOAD_FIELDS.spec, new Blob([JSON.stringify(spec)], { type: "application/json" }));
+  return fd;
+}
 
 let catalogPromise = null;
 let methodsPromise = null;
@@ -366,26 +373,30 @@ function advancedOptimizer() {
   };
 }
 
-/** The submit row: submit button, "copy as curl", the message area. */
+/** The submit row: submit button, "copy as curl", the message area. ``build`` gives the JSON
+ * body, or with ``multipart`` {files, spec} (the curl command then uploads the files by name). */
 function submitRow(label, path, build, { multipart = false } = {}) {
   const msg = h("div.form-message", { "aria-live": "polite" });
   const btn = h("button.primary", { type: "submit", text: label });
-  const curl = multipart
-    ? null
-    : h("button.secondary", {
-        type: "button",
-        text: "Copy as curl",
-        on: {
-          click: async () => {
-            try {
-              const ok = await copyText(api.curlFor("POST", path, build()));
-              toast(ok ? "curl command copied" : "could not copy", ok ? "ok" : "error");
-            } catch (err) {
-              clear(msg).append(errorBox(err));
-            }
-          },
-        },
-      });
+  const command = () => {
+    if (!multipart) return api.curlFor("POST", path, build());
+    const { files, spec } = build();
+    return api.curlForm(path, [...files].map((f) => f.name), spec, UPLOAD_FIELDS);
+  };
+  const curl = h("button.secondary", {
+    type: "button",
+    text: "Copy as curl",
+    on: {
+      click: async () => {
+        try {
+          const ok = await copyText(command());
+          toast(ok ? "curl command copied" : "could not copy", ok ? "ok" : "error");
+        } catch (err) {
+          clear(msg).append(errorBox(err));
+        }
+      },
+    },
+  });
   return { el: h("div.submit-row", btn, curl, msg), msg, btn };
 }
 
@@ -552,14 +563,15 @@ function classifyForm() {
   const files = fileDrop("images", { multiple: true });
   const models = modelPicker("classify-models");
   const topk = numberInput("top_k", 5, { min: 1, max: 20 });
-  const row = submitRow("Classify", "/classify", null, { multipart: true });
-  const send = () => {
+  const build = () => {
     if (!files.input.files.length) throw new api.ApiError(0, { title: "Choose at least one image" });
-    const fd = new FormData();
-    for (const f of files.input.files) fd.append(UPLOAD_FIELDS.classifyImages, f);
-    for (const m of models.values()) fd.append(UPLOAD_FIELDS.models, m);
-    fd.append(UPLOAD_FIELDS.topK, topk.value || "5");
-    return api.request("POST", "/classify", { form: fd });
+    const spec = { models: models.values(), top_k: Number(topk.value || 5) };
+    return { files: files.input.files, spec };
+  };
+  const row = submitRow("Classify", "/classify", build, { multipart: true });
+  const send = () => {
+    const { files: chosen, spec } = build();
+    return api.request("POST", "/classify", { form: uploadForm(chosen, spec) });
   };
   return h(
     "form#form-classify.job-form",
@@ -690,16 +702,20 @@ function screenForm() {
   input.addEventListener("change", () => canvas.setImage(input.files[0]));
   const models = modelPicker("screen-models");
   const topk = numberInput("top_k", 5, { min: 1, max: 20 });
-  const row = submitRow("Screen", "/screen", null, { multipart: true });
-  const send = () => {
+  const build = () => {
     if (!input.files.length) throw new api.ApiError(0, { title: "Choose an image" });
     if (!canvas.rects.length) throw new api.ApiError(0, { title: "Draw at least one rectangle on the image" });
-    const fd = new FormData();
-    fd.append(UPLOAD_FIELDS.screenImage, input.files[0]);
-    fd.append(UPLOAD_FIELDS.rects, JSON.stringify(canvas.rects));
-    for (const m of models.values()) fd.append(UPLOAD_FIELDS.models, m);
-    fd.append(UPLOAD_FIELDS.topK, topk.value || "5");
-    return api.request("POST", "/screen", { form: fd });
+    const spec = {
+      models: models.values(),
+      top_k: Number(topk.value || 5),
+      rectangles: canvas.rects.map((r) => ({ ...r })),
+    };
+    return { files: [input.files[0]], spec };
+  };
+  const row = submitRow("Screen", "/screen", build, { multipart: true });
+  const send = () => {
+    const { files: chosen, spec } = build();
+    return api.request("POST", "/screen", { form: uploadForm(chosen, spec) });
   };
   return h(
     "form#form-screen.job-form",

@@ -76,7 +76,7 @@ function jobRow(job, onCancel) {
     h(
       "td.progress-cell",
       progressBar(percent, job.status),
-      h("small.muted", job.status === "running" && p.rounds ? `round ${p.round}/${p.rounds}` : `${Math.round(percent)} %`),
+      h("small.muted", job.status === "running" && p.rounds ? `round ${p.round + 1}/${p.rounds}` : `${Math.round(percent)} %`),
     ),
     h("td.age", { title: job.created_at }, age(job.created_at)),
     h(

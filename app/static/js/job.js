@@ -219,6 +219,92 @@ function sweepResult(job) {
   ];
 }
 
+/** The labelled panel PNG (Figures 6 and 7) of a classify or screen job. */
+function panelCard(res, title) {
+  if (!res.panel_url) return null;
+  return h(
+    "section.card#debug-panel",
+    h("div.card-head", h("h2", title)),
+    h("div.card-body.scroll-x", artifactImg(res.panel_url, title, ".wide-image.panel-image")),
+  );
+}
+
+/** How an image was fitted to a model's input, in words and numbers. */
+function fittedText(f) {
+  if (!f) return "";
+  return `resized to ${f.resized_width}×${f.resized_height}, crop ${f.crop_size}² at (${f.crop_left}, ${f.crop_top})`;
+}
+
+/** Classify: the panel, then per image a top-k table per model. */
+function classifyResult(job) {
+  const res = job.result || {};
+  const models = Object.keys(res.models || {});
+  const cards = (res.images || []).map((im, i) =>
+    h(
+      "section.card.classify-image",
+      { dataset: { image: im.name } },
+      h(
+        "div.card-head",
+        h("h2", `Image ${i + 1}: `, h("code", im.name)),
+        h("span.muted", `${im.format} ${im.width}×${im.height}`),
+      ),
+      h(
+        "div.card-body.pred-grid",
+        models.map((m) =>
+          h(
+            "div.model-preds",
+            { dataset: { model: m } },
+            h("h3", m),
+            top5Table((im.predictions || {})[m]),
+            h("small.muted", fittedText((im.fitted || {})[m])),
+          ),
+        ),
+      ),
+    ),
+  );
+  return [panelCard(res, "Predictions panel"), ...cards].filter(Boolean);
+}
+
+/** Screen: the panel, then per model the screened image and top-k before and after. */
+function screenResult(job) {
+  const res = job.result || {};
+  const im = res.image || {};
+  const rects = ((res.spec || {}).rectangles || []).map((r) => `${r.width}×${r.height} at (${r.x}, ${r.y})`);
+  const cards = (res.models || []).map((m) => {
+    const orig = m.original_top1 || {};
+    return h(
+      "section.card.screen-model",
+      { dataset: { model: m.model } },
+      h(
+        "div.card-head",
+        h("h2", m.model),
+        h(
+          `span.badge.top1-flag.status-${m.top1_changed ? "failed" : "succeeded"}`,
+          m.top1_changed ? "top-1 changed" : "top-1 unchanged",
+        ),
+      ),
+      h(
+        "div.card-body.screen-grid",
+        m.screened_url ? h("figure", artifactImg(m.screened_url, `screened for ${m.model}`, ".gallery-image"),
+          h("figcaption", `filled with ${m.model}'s zero (${(m.zero || []).map((z) => Math.round(z * 10) / 10).join(", ")}); covers ${pct(m.covered)} of its input`)) : null,
+        h("div", h("h3", "before"), top5Table(m.before)),
+        h("div", h("h3", "after"), top5Table(m.after)),
+        h(
+          "p.muted",
+          `${orig.label}: p ${num(orig.p_before)} before, ${num(orig.p_after)} after. `,
+          fittedText(m.fitted),
+        ),
+      ),
+    );
+  });
+  const head = h(
+    "section.card",
+    h("div.card-head", h("h2", "Screened image"), h("span.muted", `${im.name || ""} ${im.width || ""}×${im.height || ""}`)),
+    h("div.card-body", h("p", `rectangles: ${rects.join("; ") || "none"}`)),
+  );
+  return [panelCard(res, "Before and after"), head, ...cards].filter(Boolean);
+}
+
 /** Classify / screen (or any other kind): predictions tables where found, images, raw JSON. */
 function genericResult(job) {
   const res = job.result || {};
@@ -347,7 +433,7 @@ export function renderJob(root, jobId) {
     setProgress(bar, percent, status);
     if (p) {
       // Keep the last known values where an update leaves a field out (the final record).
-      if (p.rounds) stats.round.textContent = `${p.round} / ${p.rounds}`;
+      if (p.rounds) stats.round.textContent = `${p.round + 1} / ${p.rounds}`;
       if (p.step !== undefined && p.step !== null) stats.step.textContent = p.step;
       if (p.q_c !== undefined && p.q_c !== null) stats.q.textContent = Number(p.q_c).toFixed(4);
       if (p.attempt) stats.attempt.textContent = p.attempt;
@@ -414,6 +500,8 @@ export function renderJob(root, jobId) {
           results.append(...visualizeResult(job, ctx));
           toolbar.hidden = !(job.result.targets || []).length;
         } else if (job.kind === "sweep") results.append(...sweepResult(job));
+        else if (job.kind === "classify") results.append(...classifyResult(job));
+        else if (job.kind === "screen") results.append(...screenResult(job));
         else results.append(...genericResult(job));
       } catch (err) {
         results.append(errorBox(err, "Could not show this result"), ...genericResult(job));
