@@ -200,8 +200,12 @@ async def read_body(request: Request, *, max_file_bytes: int, max_files: int) ->
         if not boundary:
             raise BodyRejected(400, "multipart/form-data without a boundary", "content-type")
         collector = _Collector(max_file_bytes, max_files)
-        parser = MultipartParser(boundary, collector.callbacks(), max_size=limit)  # type: ignore[arg-type]
+        parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+        total = 0
         async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:  # padding or junk between parts: stop reading all the same
+                raise BodyRejected(413, f"request body over the limit of {limit} bytes", "body")
             if chunk:
                 parser.write(chunk)
         parser.finalize()

@@ -234,3 +234,37 @@ def test_openapi_documents_the_multipart_contract(api: Api) -> None:
         assert model in doc["components"]["schemas"]
     assert "Rectangle" in doc["components"]["schemas"]
     assert "ArtifactRef" in doc["components"]["schemas"]
+
+
+def test_byte_limit_is_enforced_while_the_upload_streams() -> None:
+    """No Content-Length (chunked): reading stops at the first file past the limit, long before
+    the body ends."""
+    import anyio
+    from starlette.requests import Request
+
+    from app.uploads import BodyRejected, read_body
+
+    boundary = "tivis-test-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="images"; '
+        'filename="big.png"\r\nContent-Type: image/png\r\n\r\n\x89PNG'
+    ).encode()
+    chunks = [head] + [b"\0" * 65536] * 100 + [f"\r\n--{boundary}--\r\n".encode()]
+    sent: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        sent.append(1)
+        return {"type": "http.request", "body": chunks[len(sent) - 1],
+                "more_body": len(sent) < len(chunks)}  # fmt: skip
+
+    ctype = f"multipart/form-data; boundary={boundary}".encode()
+    scope = {"type": "http", "method": "POST", "path": "/classify",
+             "headers": [(b"content-type", ctype)]}  # fmt: skip
+
+    async def read() -> None:
+        await read_body(Request(scope, receive), max_file_bytes=200_000, max_files=16)
+
+    with pytest.raises(BodyRejected) as info:
+        anyio.run(read)
+    assert (info.value.status, info.value.field) == (413, "images[big.png]")
+    assert len(sent) <= 5, f"read {len(sent)} of {len(chunks)} chunks before refusing"
