@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", help="model name (default efficientnet_lite0)")
-        p.add_argument("--method", help="invariant (default) or vanilla")
+        p.add_argument("--method", help="invariant (default), vanilla or invariant+")
         p.add_argument("--initial-gray", dest="initial_gray", type=int)
         p.add_argument("--size", type=int, help="image side in pixels (default: the model's)")
         p.add_argument("--seed", type=int)
