@@ -104,3 +104,14 @@ def test_preset_is_confident_and_invariant_on_the_real_model() -> None:
     assert float(O.target_probs(lite, img, target)[0]) >= 0.9
     views = float(O.view_probs(lite, img, target, angles, scales).mean())
     assert views >= 0.85, views
+
+
+@pytest.mark.parametrize("batch", [2, 5])
+def test_fourier_batches_of_any_size_step_each_image(tiny: LoadedModel, batch: int) -> None:
+    """Adam's per-image step counter broadcasts over the spectrum's (B, 3, H, W', 2) shape."""
+    spec = small_plus()
+    res = O.visualize(tiny, flat_gray([0] * batch, 32), torch.tensor([SOCCER] * batch), spec)
+    assert len(res) == batch
+    assert all(r.total_steps > 0 for r in res)
+    first = res[0].image
+    assert all(torch.equal(r.image, first) for r in res[1:])  # same start, seed and target

@@ -133,7 +133,7 @@ class _Adam:
         """Ascend along ``grad`` for the images ``idx`` of ``x`` (in place), then clip."""
         c = self.cfg
         self.t[idx] += 1
-        t = self.t[idx].to(x.dtype).view(-1, 1, 1, 1)
+        t = self.t[idx].to(x.dtype).view(-1, *([1] * (x.ndim - 1)))  # (n, 1, ...)
         m = self.m[idx].mul_(c.beta1).add_(grad, alpha=1 - c.beta1)
         v = self.v[idx].mul_(c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
         self.m[idx], self.v[idx] = m, v
@@ -171,141 +171,13 @@ def optimize_round(
     Returns:
         steps (B,) long, q_before (B,), q_after (B,) -- zeros for inactive images.
     """
-    rt = runtime or Runtime()
-    b = x.shape[0]
-    dev = x.device
-    steps = torch.zeros(b, dtype=torch.long, device=dev)
-    q_before = torch.zeros(b, dtype=torch.float64, device=dev)
-    q_after = torch.zeros(b, dtype=torch.float64, device=dev)
-    running = active.clone()
-    adam = _Adam(x, cfg)
-    first = active.clone()
-    step = 0
-    while bool(running.any()):
-        idx = running.nonzero()[:, 0]
-        xr = x[idx].detach().requires_grad_(True)
-        logits = _forward(model, xr, rt).float()
-        logp = logits.log_softmax(dim=1)
-        tg = targets[idx, None]
-        q = logp.gather(1, tg)[:, 0].exp().detach().double()
-        q_after[idx] = q
-        is_first = first[idx]
-        q_before[idx[is_first]] = q[is_first]
-        first[idx] = False
-        done = (q > cfg.q_target) | (steps[idx] >= max_steps[idx])
-        go = ~done
-        running[idx[done]] = False
-        if bool(go.any()):
-            obj = (
-                logits.gather(1, tg)[:, 0] if cfg.objective == "logit" else logp.gather(1, tg)[:, 0]
-            )
-            (grad,) = torch.autograd.grad(obj[go].sum(), xr)
-            gidx = idx[go]
-            adam.step(x, gidx, grad[go].to(x.dtype))
-            steps[gidx] += 1
-            step += 1
-            if on_step is not None:
-                on_step(step, float(q[go].min()))
-    return steps, q_before, q_after
-
-
-def visualize(
-    model: LoadedModel,
-    initial: torch.Tensor,
-    targets: torch.Tensor,
-    spec: OptimizeSpec,
-    *,
-    runtime: Runtime | None = None,
-    progress: Progress | None = None,
-) -> list[VisResult]:
-    """Algorithm 1 for a batch: optimize, transform, evaluate, round after round, then a last round.
-
-    Args:
-        model: the classifier.
-        initial: starting images (B, 3, H, W) in pixel space (flat gray for the paper's method).
-        targets: (B,) class indices.
-        spec: schedule, optimizer, tests, criterion (``spec.rounds()`` is empty for vanilla,
-            which then runs one long round of up to ``max_total_steps`` steps).
-        runtime: precision and memory layout.
-        progress: called as ``progress(round, rounds, step, q_C)``; may raise to cancel.
-
-    Returns:
-        One result per image, in batch order; each image quantized to 8 bits (the saved PNG).
-    """
-    check_images(initial, "initial")
-    if spec.param.kind != "pixel" or spec.augment.enabled:
-        return _visualize_param(model, initial, targets, spec, runtime=runtime, progress=progress)
-    rt = runtime or Runtime()
-    cfg = spec.optimizer
-    x = initial.detach().clone().float().clamp_(0.0, 255.0)
-    b, dev = x.shape[0], x.device
-    targets = targets.to(dev).long()
-    rounds = spec.rounds()
-    n_rounds = len(rounds) + 1  # the schedule's rounds, then the final round
-    names, t_angles, t_scales = T.test_views(spec.tests)
-    results = [
-        VisResult(image=x[i], target=int(targets[i]), initial_gray=float(initial[i].mean()))
-        for i in range(b)
-    ]
-    total = torch.zeros(b, dtype=torch.long, device=dev)
-    in_loop = torch.ones(b, dtype=torch.bool, device=dev)
-
-    def reporter(r: int) -> Callable[[int, float], None] | None:
-        if progress is None:
-            return None
-        return lambda step, q: progress(r, n_rounds, step, q)
-
-    for r, op in enumerate(rounds):
-        budget_left = cfg.max_total_steps - total
-        in_loop &= budget_left > 0
-        for i in (~in_loop).nonzero()[:, 0].tolist():
-            if results[i].stopped_by == "schedule":
-                results[i].stopped_by = "budget"
-        if not bool(in_loop.any()):
-            break
-        limit = torch.clamp(budget_left, max=cfg.max_steps_per_round)
-        steps, qb, qa = optimize_round(
-            model, x, targets, in_loop, cfg, limit, runtime=rt, on_step=reporter(r)
-        )
-        total += steps
-        idx = in_loop.nonzero()[:, 0]
-        x[idx] = T.apply(x[idx], op)
-        probs = view_probs(model, x[idx], targets[idx], t_angles, t_scales, rt)
-        for k, i in enumerate(idx.tolist()):
-            pmin, pmean = float(probs[k].min()), float(probs[k].mean())
-            results[i].trace.append(
-                RoundRecord(
-                    r, T.describe(op), int(steps[i]), float(qb[i]), float(qa[i]), pmin, pmean
-                )
-            )
-            crit = spec.criterion
-            if crit.kind != "off" and (pmin if crit.kind == "min" else pmean) >= crit.threshold:
-                in_loop[i] = False
-                results[i].stopped_by = "criterion"
-
-    if spec.final_round or not rounds:
-        per_round = cfg.max_total_steps if not rounds else cfg.max_steps_per_round
-        limit = torch.full((b,), per_round, dtype=torch.long, device=dev)
-        everyone = torch.ones(b, dtype=torch.bool, device=dev)
-        steps, qb, qa = optimize_round(
-            model, x, targets, everyone, cfg, limit, runtime=rt, on_step=reporter(n_rounds - 1)
-        )
-        total += steps
-        for i in range(b):
-            results[i].trace.append(
-                RoundRecord(len(results[i].trace), None, int(steps[i]), float(qb[i]), float(qa[i]))
-            )
-
-    final = to_uint8(x).float()
-    probs = view_probs(model, final, targets, t_angles, t_scales, rt)
-    q_final = target_probs(model, final, targets, rt)
-    for i in range(b):
-        res = results[i]
-        res.image = final[i]
-        res.tests = {n: float(p) for n, p in zip(names, probs[i].tolist(), strict=True)}
-        res.total_steps = int(total[i])
-        res.q_final = float(q_final[i])
-    return results
+    param = P.PixelParam(x)
+    out = param_round(
+        model, param, targets, active, cfg, max_steps,
+        lr=cfg.lr, augment=None, gens=[], runtime=runtime, on_step=on_step,
+    )  # fmt: skip
+    x.copy_(param.data)
+    return out
 
 
 def param_round(
@@ -377,7 +249,7 @@ def param_round(
     return steps, q_before, q_after
 
 
-def _visualize_param(
+def visualize(
     model: LoadedModel,
     initial: torch.Tensor,
     targets: torch.Tensor,
@@ -386,11 +258,26 @@ def _visualize_param(
     runtime: Runtime | None = None,
     progress: Progress | None = None,
 ) -> list[VisResult]:
-    """Algorithm 1 on ``spec.param`` with ``spec.augment``: same rounds, budgets and outputs.
+    """Algorithm 1 for a batch: optimize, transform, evaluate, round after round, then a last round.
 
-    After each round's transformation the transformed image is encoded back into the
-    parameterization. An empty test set skips the per-round evaluation (and the criterion).
+    The image lives in ``spec.param`` (the paper's pixels by default, or a Fourier spectrum);
+    after each round's transformation it is encoded back into that parameterization. With
+    ``spec.augment``, every step sees seeded random views of each image. An empty test set skips
+    the per-round evaluation (and with it the criterion).
+
+    Args:
+        model: the classifier.
+        initial: starting images (B, 3, H, W) in pixel space (flat gray for the paper's method).
+        targets: (B,) class indices.
+        spec: schedule, optimizer, tests, criterion (``spec.rounds()`` is empty for vanilla,
+            which then runs one long round of up to ``max_total_steps`` steps).
+        runtime: precision and memory layout.
+        progress: called as ``progress(round, rounds, step, q_C)``; may raise to cancel.
+
+    Returns:
+        One result per image, in batch order; each image quantized to 8 bits (the saved PNG).
     """
+    check_images(initial, "initial")
     rt = runtime or Runtime()
     cfg = spec.optimizer
     x0 = initial.detach().clone().float().clamp_(0.0, 255.0)
