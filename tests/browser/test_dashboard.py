@@ -77,6 +77,11 @@ def test_visualize_through_the_form(page: Any, live: LiveService, shots: Shots) 
     _pick_class(page, form, "socc", "soccer ball")
     page.fill(f"{form} .schedule-row input[name=repeat]", str(ROUNDS))
     page.fill(f"{form} input[name=seed]", "7")
+    # Every round runs its full 30 steps (an unreachable q target): long enough to watch the bar
+    # move (about a second), however fast the tiny model reaches 0.99 on this machine.
+    page.click(f"{form} details.advanced summary")
+    page.fill(f"{form} input[name=q_target]", "0.999999")
+    page.fill(f"{form} input[name=max_steps_per_round]", "30")
     shots("01-form")
     page.click(f"{form} button[type=submit]")
     page.wait_for_url(re.compile(r"#/jobs/[0-9a-f]+$"))
