@@ -44,7 +44,9 @@ class Settings(BaseSettings):
     torch_home: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(default=False, description="bfloat16 autocast on CUDA")
-    channels_last: bool = False
+    channels_last: bool = Field(
+        default=True, description="NHWC memory layout (faster on GPU and CPU)"
+    )
     soft_time_limit: int = Field(default=1800, ge=1, description="seconds; the job fails cleanly")
     hard_time_limit: int = Field(default=1900, ge=2, description="seconds; the process is killed")
     visibility_timeout: int | None = Field(

@@ -39,12 +39,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bare_step(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor) -> None:
-    """The floor: forward and backward of the target logit, nothing else."""
-    xr = x.detach().requires_grad_(True)
-    logits = model(xr)
-    (grad,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), xr)
-    del grad
+def bare_step(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, chunk: int) -> None:
+    """The floor: forward and backward of the target logit in the engine's micro-batches."""
+    for xs, ts in zip(torch.split(x, chunk), torch.split(targets, chunk), strict=True):
+        xr = xs.detach().requires_grad_(True)
+        logits = model(xr)
+        (grad,) = torch.autograd.grad(logits.gather(1, ts[:, None]).sum(), xr)
+        del grad
 
 
 def time_steps(model: LoadedModel, batch: int, steps: int, repeats: int) -> dict[str, float]:
@@ -66,10 +67,12 @@ def time_steps(model: LoadedModel, batch: int, steps: int, repeats: int) -> dict
             raise RuntimeError(f"expected {steps} steps per image, got {n.tolist()}")
         # optimize_round makes steps+1 forwards (the last one only reads q_C) and steps backwards
         t = time.perf_counter()
+        chunk = O.Runtime().chunk(dev)
         for _ in range(steps):
-            bare_step(model, x, targets)
+            bare_step(model, x, targets, chunk)
         with torch.no_grad():
-            model(x)
+            for xs in torch.split(x, chunk):
+                model(xs)
         _sync(dev)
         dt_bare = time.perf_counter() - t
         if rep > 0:  # the first run warms up
@@ -148,6 +151,7 @@ def main() -> None:
         "torch": torch.__version__,
         "image_size": model.info.input_size,
         "steps_timed": args.steps,
+        "micro_batch": O.Runtime().chunk(dev),
         "step_seconds_per_image": {
             str(b): time_steps(model, b, args.steps, repeats) for b in batches
         },

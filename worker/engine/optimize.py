@@ -26,11 +26,25 @@ Progress = Callable[[int, int, int, float], None]
 
 @dataclass(frozen=True)
 class Runtime:
-    """How to run, not what to compute: mixed precision (CUDA only), channels-last, chunking."""
+    """How to run, not what to compute: mixed precision (CUDA only), memory layout, micro-batches.
+
+    ``channels_last`` (default on) runs the model in NHWC order, faster on GPUs and CPUs alike.
+
+    ``micro_batch`` is how many images go through the model together (each with all its views).
+    The default, 0, means 1 on the CPU -- where it is as fast per image as larger batches and
+    makes a batched run give exactly the bytes of one-by-one runs -- and 32 on a GPU, where
+    large batches are what make it fast (results then agree up to float noise).
+    """
 
     amp: bool = False
-    channels_last: bool = False
-    eval_chunk: int = 64
+    channels_last: bool = True
+    micro_batch: int = 0
+
+    def chunk(self, device: torch.device) -> int:
+        """Images per forward pass on ``device``."""
+        if self.micro_batch > 0:
+            return self.micro_batch
+        return 1 if device.type == "cpu" else 32
 
 
 @dataclass
@@ -64,6 +78,7 @@ class VisResult:
 
 
 def _forward(model: LoadedModel, x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    model.use_channels_last(runtime.channels_last)
     if runtime.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     if runtime.amp and x.device.type == "cuda":
@@ -78,14 +93,16 @@ def target_probs(
 ) -> torch.Tensor:
     """Softmax probability of each image's target: x (N, 3, H, W), targets (N,) -> (N,)."""
     rt = runtime or Runtime()
+    n = rt.chunk(x.device)
     out = []
-    for i in range(0, x.shape[0], rt.eval_chunk):
-        logits = _forward(model, x[i : i + rt.eval_chunk], rt).float()
+    for i in range(0, x.shape[0], n):
+        logits = _forward(model, x[i : i + n], rt).float()
         p = logits.softmax(dim=1)
-        out.append(p.gather(1, targets[i : i + rt.eval_chunk, None].to(p.device))[:, 0])
+        out.append(p.gather(1, targets[i : i + n, None].to(p.device))[:, 0])
     return torch.cat(out) if out else torch.zeros(0, device=x.device)
 
 
+@torch.no_grad()
 def view_probs(
     model: LoadedModel,
     x: torch.Tensor,
@@ -94,10 +111,20 @@ def view_probs(
     scales: torch.Tensor,
     runtime: Runtime | None = None,
 ) -> torch.Tensor:
-    """Target probability of every image under every view: (B, 3, H, W) -> (B, V)."""
+    """Target probability of every image under every view: (B, 3, H, W) -> (B, V).
+
+    Each micro-batch of images goes through the model with all its views in one pass.
+    """
+    rt = runtime or Runtime()
     b, v = x.shape[0], angles.shape[0]
-    views = T.expand_views(x, angles, scales)
-    return target_probs(model, views, targets.repeat_interleave(v), runtime).view(b, v)
+    n = rt.chunk(x.device)
+    out = []
+    for i in range(0, b, n):
+        views = T.expand_views(x[i : i + n], angles, scales)
+        logits = _forward(model, views, rt).float()
+        tg = targets[i : i + n].repeat_interleave(v)[:, None].to(logits.device)
+        out.append(logits.softmax(dim=1).gather(1, tg)[:, 0].view(-1, v))
+    return torch.cat(out) if out else torch.zeros(0, v, device=x.device)
 
 
 @torch.no_grad()
@@ -216,32 +243,39 @@ def param_round(
     q_target = cfg.q_target
     if augment is not None and augment.q_target is not None:
         q_target = augment.q_target
+    mb = rt.chunk(dev)
     step = 0
     while bool(running.any()):
         idx = running.nonzero()[:, 0]
-        sub = param.data[idx].detach().requires_grad_(True)
-        img = param.render(sub)  # (n, 3, H, W), pixel space
-        if augment is not None:
-            img = A.apply(img, [A.draw(gens[i], augment) for i in idx.tolist()])  # (n * V, ...)
-        logits = _forward(model, img, rt).float()
-        logp = logits.log_softmax(dim=1)
-        tg = targets[idx].repeat_interleave(nv)[:, None]
-        q = logp.gather(1, tg)[:, 0].exp().detach().double().view(-1, nv).mean(dim=1)
+        q_parts, go_parts, grad_parts = [], [], []
+        for chunk in torch.split(
+            idx, mb
+        ):  # micro-batches: a finished image skips its backward pass
+            sub = param.data[chunk].detach().requires_grad_(True)
+            img = param.render(sub)  # (n, 3, H, W), pixel space
+            if augment is not None:
+                img = A.apply(img, [A.draw(gens[i], augment) for i in chunk.tolist()])  # (n*V,…)
+            logits = _forward(model, img, rt).float()
+            logp = logits.log_softmax(dim=1)
+            tg = targets[chunk].repeat_interleave(nv)[:, None]
+            qc = logp.gather(1, tg)[:, 0].exp().detach().double().view(-1, nv).mean(dim=1)
+            go_c = ~((qc > q_target) | (steps[chunk] >= max_steps[chunk]))
+            if bool(go_c.any()):
+                chosen = logits if cfg.objective == "logit" else logp
+                obj = chosen.gather(1, tg)[:, 0].view(-1, nv).mean(dim=1)  # mean over views
+                (grad,) = torch.autograd.grad(obj[go_c].sum(), sub)
+                grad_parts.append(grad[go_c])
+            q_parts.append(qc)
+            go_parts.append(go_c)
+        q, go = torch.cat(q_parts), torch.cat(go_parts)
         q_after[idx] = q
         is_first = first[idx]
         q_before[idx[is_first]] = q[is_first]
         first[idx] = False
-        done = (q > q_target) | (steps[idx] >= max_steps[idx])
-        go = ~done
-        running[idx[done]] = False
-        if bool(go.any()):
-            per_view = (
-                logits.gather(1, tg)[:, 0] if cfg.objective == "logit" else logp.gather(1, tg)[:, 0]
-            )
-            obj = per_view.view(-1, nv).mean(dim=1)
-            (grad,) = torch.autograd.grad(obj[go].sum(), sub)
+        running[idx[~go]] = False
+        if grad_parts:
             gidx = idx[go]
-            adam.step(param.data, gidx, grad[go].to(param.data.dtype))
+            adam.step(param.data, gidx, torch.cat(grad_parts).to(param.data.dtype))
             steps[gidx] += 1
             step += 1
             if on_step is not None:
