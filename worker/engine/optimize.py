@@ -161,15 +161,21 @@ class _Adam:
         c = self.cfg
         self.t[idx] += 1
         t = self.t[idx].to(x.dtype).view(-1, *([1] * (x.ndim - 1)))  # (n, 1, ...)
-        m = self.m[idx].mul_(c.beta1).add_(grad, alpha=1 - c.beta1)
-        v = self.v[idx].mul_(c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
-        self.m[idx], self.v[idx] = m, v
+        full = idx.numel() == x.shape[0]  # everyone steps: update the state in place, no copies
+        m = self.m if full else self.m[idx]
+        v = self.v if full else self.v[idx]
+        m.mul_(c.beta1).add_(grad, alpha=1 - c.beta1)
+        v.mul_(c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
         m_hat = m / (1 - c.beta1**t)
         v_hat = v / (1 - c.beta2**t)
+        update = (x if full else x[idx]) + self.lr * m_hat / (v_hat.sqrt() + 1e-8)
         if self.clip:
-            x[idx] = (x[idx] + self.lr * m_hat / (v_hat.sqrt() + 1e-8)).clamp_(0.0, 255.0)
+            update.clamp_(0.0, 255.0)
+        if full:
+            x.copy_(update)
         else:
-            x[idx] = x[idx] + self.lr * m_hat / (v_hat.sqrt() + 1e-8)
+            self.m[idx], self.v[idx] = m, v
+            x[idx] = update
 
 
 def optimize_round(
