@@ -9,12 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
-from integration.harness import Worker
 from photos import photo
-from test_service import QUICK, SLOW, Service, start_service
-
-from app.main import create_app
+from test_service import QUICK, Service, running_service
 
 pytestmark = pytest.mark.integration
 CATS = {"tabby", "tiger cat", "Egyptian cat"}
@@ -24,15 +20,8 @@ CATS = {"tabby", "tiger cat", "Egyptian cat"}
 def service(
     redis_server: Any, models_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
-    tmp = tmp_path_factory.mktemp("debug-svc")
-    settings, store, env = start_service(redis_server, tmp, models_dir)
-    worker = Worker(env, tmp / "worker.log")
-    try:
-        worker.wait_ready(store.r, settings.key_prefix, timeout=180 * SLOW)
-        with TestClient(create_app(settings)) as client:
-            yield Service(client, store, [worker])
-    finally:
-        worker.stop()
+    with running_service(redis_server, models_dir, tmp_path_factory.mktemp("debug-svc")) as svc:
+        yield svc
 
 
 def upload(service: Service, path: str, files: dict[str, bytes], spec: str | None) -> str:

@@ -7,6 +7,7 @@ import io
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +69,9 @@ def start_service(
     return settings, store, environ
 
 
-@pytest.fixture(scope="module")
-def service(
-    redis_server: Any, models_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Service]:
-    tmp = tmp_path_factory.mktemp("svc")
+@contextmanager
+def running_service(redis_server: Any, models_dir: Path, tmp: Path) -> Iterator[Service]:
+    """The app in process over its own key prefix, with one real worker subprocess."""
     settings, store, env = start_service(redis_server, tmp, models_dir)
     worker = Worker(env, tmp / "worker.log")
     try:
@@ -81,6 +80,14 @@ def service(
             yield Service(client, store, [worker])
     finally:
         worker.stop()
+
+
+@pytest.fixture(scope="module")
+def service(
+    redis_server: Any, models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    with running_service(redis_server, models_dir, tmp_path_factory.mktemp("svc")) as svc:
+        yield svc
 
 
 QUICK = {  # a short tiny-model job: 8 rounds of at most 40 steps
