@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     api_keys: str = Field(default="", description="comma-separated API keys; empty: no auth")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    api_workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
+    api_workers: int = Field(default=2, ge=1, le=64, description="uvicorn worker processes")
     catalog_cache_seconds: float = Field(default=2.0, ge=0.0)
     max_page_size: int = Field(default=200, ge=1)
     enqueue: Literal["atomic", "send_task"] = Field(
