@@ -32,7 +32,7 @@ from specs.debug import (
 from worker.engine import debug as D
 from worker.engine.images import decode_image
 from worker.engine.models import LoadedModel, Registry
-from worker.pipeline import JobOutput, _device, slug
+from worker.pipeline import JobOutput, resolve_device, slug
 
 Images = Mapping[str, bytes] | Sequence[bytes]
 
@@ -96,7 +96,7 @@ def run_classify(
     crop_size}}}], "panel": "panel.png"}``: how each image was resized for each model is in
     ``fitted`` (numbers) and ``models[name].resize`` (words).
     """
-    dev = _device(device)
+    dev = resolve_device(device)
     named = _named(images, spec.image_keys())
     decoded = [(name, *_decode(name, data, max_pixels)) for name, data in named]
     photos = [t for _, _, t in decoded]
@@ -144,7 +144,7 @@ def run_screen(
     "panel": "panel.png"}``. ``covered`` is the fraction of the model's input that the screen
     covers after resizing and cropping (0 if the crop cut the rectangles away).
     """
-    dev = _device(device)
+    dev = resolve_device(device)
     keys = [image_key(spec.image)] if spec.image is not None else []
     named = _named(images, keys)
     if len(named) != 1:

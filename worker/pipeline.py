@@ -54,7 +54,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:40] or "class"
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -92,7 +92,7 @@ def run_visualize(
     progress: Progress | None = None,
 ) -> JobOutput:
     """Visualize every target with every model of the spec (each model's targets as one batch)."""
-    dev = _device(device)
+    dev = resolve_device(device)
     out = JobOutput(result={"kind": "visualize", "spec": spec.model_dump(mode="json")})
     per_model: list[dict[str, Any]] = []
     models = spec.models
@@ -167,7 +167,7 @@ def run_sweep(
     """Visualize one target from every gray level as one batch, then measure each result."""
     from worker.engine import entropy, render
 
-    dev = _device(device)
+    dev = resolve_device(device)
     model = registry.load(spec.model, dev)
     target = model.info.resolve_target(spec.target)
     label = model.info.labels[target]

@@ -48,20 +48,16 @@ async def metrics(services: ServicesDep) -> PlainTextResponse:
     m = await services.store.metrics()
     depth = await services.redis.llen(queue_key(services.settings))
     workers = await services.store.workers()
-    lines = [
-        "# HELP tivis_jobs Jobs now queued or running, by kind and status.",
-        "# TYPE tivis_jobs gauge",
-    ]
-    for key, n in sorted(m["current"].items()):
-        kind, _, status = key.partition("|")
-        lines.append(f'tivis_jobs{{kind="{_label(kind)}",status="{_label(status)}"}} {max(n, 0)}')
-    lines += [
-        "# HELP tivis_jobs_total Jobs that entered each status, by kind.",
-        "# TYPE tivis_jobs_total counter",
-    ]
-    for key, n in sorted(m["total"].items()):
-        kind, _, status = key.partition("|")
-        lines.append(f'tivis_jobs_total{{kind="{_label(kind)}",status="{_label(status)}"}} {n}')
+    lines: list[str] = []
+    for metric, kind_, help_, counts in (
+        ("tivis_jobs", "gauge", "Jobs now queued or running, by kind and status.", m["current"]),
+        ("tivis_jobs_total", "counter", "Jobs that entered each status, by kind.", m["total"]),
+    ):
+        lines += [f"# HELP {metric} {help_}", f"# TYPE {metric} {kind_}"]
+        for key, n in sorted(counts.items()):
+            kind, _, status = key.partition("|")
+            labels = f'kind="{_label(kind)}",status="{_label(status)}"'
+            lines.append(f"{metric}{{{labels}}} {max(n, 0)}")
     lines += [
         "# HELP tivis_queue_depth Messages waiting in the broker queue.",
         "# TYPE tivis_queue_depth gauge",
