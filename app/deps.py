@@ -13,9 +13,9 @@ from fastapi import Depends, Request
 
 from app.catalog import Catalog
 from app.problems import Problem
-from app.queue import MessageTemplate
-from app.settings import Settings
-from app.store import AsyncJobStore
+from core.queue import MessageTemplate
+from core.settings import Settings
+from core.store import AsyncJobStore
 
 
 @dataclass

@@ -22,8 +22,8 @@ from types import FrameType
 import redis
 
 from app.commands import WORKER_ARGS, api_args, redis_args
-from app.logs import configure_logging
-from app.settings import Settings
+from core.logs import configure_logging
+from core.settings import Settings
 
 log = logging.getLogger("tivis.embedded")
 

@@ -16,8 +16,8 @@ from fastapi.staticfiles import StaticFiles
 
 from app import problems
 from app.deps import Services, require_api_key
-from app.logs import configure_logging
-from app.queue import (
+from core.logs import configure_logging
+from core.queue import (
     MessageTemplate,
     broker_prefix,
     celery_config,
@@ -25,8 +25,8 @@ from app.queue import (
     send_template,
 )
 from app.routes import debug, health, jobs, models, submit
-from app.settings import Settings, get_settings
-from app.store import AsyncJobStore
+from core.settings import Settings, get_settings
+from core.store import AsyncJobStore
 
 STATIC = Path(__file__).parent / "static"
 

@@ -1,6 +1,6 @@
 """The Celery app of the worker: ``celery -A worker.celery_app worker`` (see ``app.commands``).
 
-Reliability settings come from ``app.queue.celery_config`` (late acks, requeue on a lost worker,
+Reliability settings come from ``core.queue.celery_config`` (late acks, requeue on a lost worker,
 prefetch 1, one job at a time, visibility timeout above the hard time limit). The main worker
 process publishes the model catalog into Redis and keeps a heartbeat; models are loaded lazily
 once per pool process (after fork), see ``worker.tasks``.
@@ -18,10 +18,10 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
-from app.logs import configure_logging
-from app.queue import celery_config
-from app.settings import get_settings
-from app.store import JobStore
+from core.logs import configure_logging
+from core.queue import celery_config
+from core.settings import get_settings
+from core.store import JobStore
 
 settings = get_settings()
 app = Celery("tivis", include=["worker.tasks"])

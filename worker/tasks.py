@@ -20,9 +20,9 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel
 
-from app.queue import RUN_JOB_TASK
-from app.settings import get_settings
-from app.store import JobStore
+from core.queue import RUN_JOB_TASK
+from core.settings import get_settings
+from core.store import JobStore
 from specs import SweepSpec, VisualizeSpec
 from specs.debug import ArtifactRef, ClassifySpec, ScreenSpec
 from worker import debugging, pipeline  # torch, imported before the pool forks: warm children

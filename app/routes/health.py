@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from app.deps import ServicesDep, require_api_key
-from app.queue import queue_key
-from app.store import DURATION_BUCKETS
+from core.queue import queue_key
+from core.store import DURATION_BUCKETS
 
 router = APIRouter(tags=["health"])
 

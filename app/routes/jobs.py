@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.deps import ServicesDep
 from app.problems import Problem
-from app.store import TERMINAL
+from core.store import TERMINAL
 from app.views import job_view
 from specs import JobKind, JobStatus
 

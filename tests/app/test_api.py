@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from integration.harness import new_prefix
 
 from app.main import create_app
-from app.queue import queue_key
-from app.settings import Settings
-from app.store import JobStore
+from core.queue import queue_key
+from core.settings import Settings
+from core.store import JobStore
 
 TINY_LABELS = [f"class {i}" for i in range(9)] + ["soccer ball"]
 

@@ -27,8 +27,8 @@ import httpx
 import pytest
 from integration.harness import ROOT, Worker, free_port, new_prefix, service_env, wait_for
 
-from app.settings import Settings
-from app.store import JobStore
+from core.settings import Settings
+from core.store import JobStore
 
 CHROMIUM = os.environ.get("TIVIS_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("TIVIS_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "browser"

