@@ -1,43 +1,18 @@
-"""Job kinds the API accepts: their spec model and the names they must be checked against.
+"""Name checks for job specs against the catalog the workers publish, and job summaries.
 
-Adding a kind means adding an entry here, a route, and a runner in ``worker/tasks.py``.
-``classify`` and ``screen`` are checked by ``specs.debug.check_request`` (uploads, models) in
-``app/routes/debug.py`` rather than by :func:`check_names`.
+The kinds themselves are ``specs.kinds.KINDS`` (shared with the worker). ``classify`` and
+``screen`` are checked by ``specs.classify.check_request`` (uploads, models) in
+``app/routes/classify.py`` rather than by :func:`check_names`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pydantic import BaseModel
 
 from app.catalog import Catalog, UnknownName
-from specs import SweepSpec, VisualizeSpec
-from specs.debug import ClassifySpec, ScreenSpec
+from specs.kinds import KINDS, KindDef
 
-
-@dataclass(frozen=True)
-class KindDef:
-    kind: str
-    spec: type[BaseModel]
-    path: str
-    summary: str
-
-
-KINDS: dict[str, KindDef] = {
-    "visualize": KindDef(
-        "visualize", VisualizeSpec, "/visualize", "Visualize classes (Algorithm 1)"
-    ),
-    "sweep": KindDef(
-        "sweep", SweepSpec, "/entropy-sweep", "Entropy sweep over initial gray levels"
-    ),
-    "classify": KindDef(
-        "classify", ClassifySpec, "/classify", "Classify images with one or more models (Fig. 6)"
-    ),
-    "screen": KindDef(
-        "screen", ScreenSpec, "/screen", "Screen rectangles of an image with each model's zero"
-    ),
-}
+__all__ = ["KINDS", "KindDef", "check_names", "summary"]
 
 
 def _models(spec: BaseModel) -> list[tuple[str, str]]:

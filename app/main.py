@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app import problems
 from app.deps import Services, require_api_key
+from app.routes import classify, health, jobs, models, submit
 from core.logs import configure_logging
 from core.queue import (
     MessageTemplate,
@@ -24,7 +25,6 @@ from core.queue import (
     scratch_queue,
     send_template,
 )
-from app.routes import debug, health, jobs, models, submit
 from core.settings import Settings, get_settings
 from core.store import AsyncJobStore
 
@@ -79,14 +79,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router, dependencies=secured)
     app.include_router(submit.router, dependencies=secured)
-    app.include_router(debug.router, dependencies=secured)
+    app.include_router(classify.router, dependencies=secured)
     app.include_router(jobs.router, dependencies=secured)
 
     base_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            debug.add_schemas(base_openapi())
+            classify.add_schemas(base_openapi())
         return app.openapi_schema or base_openapi()
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -1,4 +1,4 @@
-"""Upload checks and debugging specs (``specs.debug``): what the API refuses before queueing."""
+"""Upload checks and debugging specs (``specs.classify``): what the API refuses before queueing."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from photos import photo
 from PIL import Image
 from pydantic import ValidationError
 
-from specs.debug import (
+from specs.classify import (
     ArtifactRef,
     ClassifySpec,
     ScreenSpec,
@@ -312,7 +312,7 @@ def test_specs_debug_imports_no_torch(tmp_path: Path) -> None:
     png = tmp_path / "coffee.png"
     png.write_bytes(photo("coffee.png"))
     code = (
-        "import sys, specs.debug as d; "
+        "import sys, specs.classify as d; "
         "print(d.check_upload(open(sys.argv[1], 'rb').read())); "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )

@@ -121,10 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     args = parser.parse_args(argv)
     if args.command in ("classify", "screen"):
-        return _debug(parser, args)
+        return _classify_or_screen(parser, args)
 
-    from worker import pipeline
     from worker.engine.optimize import Runtime
+    from worker.jobs import RUNNERS, JobContext
 
     body = _spec_dict(args)
     try:
@@ -143,14 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar = ProgressBar()
     runtime = Runtime(amp=args.amp)
     try:
-        if isinstance(spec, VisualizeSpec):
-            output = pipeline.run_visualize(
-                spec, _registry(), device=args.device, runtime=runtime, progress=bar
-            )
-        else:
-            output = pipeline.run_sweep(
-                spec, _registry(), device=args.device, runtime=runtime, progress=bar
-            )
+        ctx = JobContext(_registry(), device=args.device, runtime=runtime, progress=bar)
+        output = RUNNERS["visualize" if isinstance(spec, VisualizeSpec) else "sweep"](spec, ctx)
     except (ValueError, FileNotFoundError) as exc:
         sys.stderr.write(f"\nerror: {exc}\n")
         return 2
@@ -159,9 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _debug(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _classify_or_screen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """``classify`` and ``screen``: read the image files, run the job, write the artifacts."""
-    from specs.debug import ClassifySpec, ScreenSpec
+    from specs.classify import ClassifySpec, ScreenSpec
 
     body: dict[str, Any] = json.loads(args.spec) if args.spec else {}
     if args.model:
@@ -190,13 +184,11 @@ def _debug(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             spec = ClassifySpec.model_validate(body)
     except ValidationError as exc:
         parser.error(str(exc))
-    from worker import debugging
+    from worker.jobs import RUNNERS, JobContext
 
     try:
-        if isinstance(spec, ScreenSpec):
-            output = debugging.run_screen(spec, _registry(), images, device=args.device)
-        else:
-            output = debugging.run_classify(spec, _registry(), images, device=args.device)
+        ctx = JobContext(_registry(), device=args.device, images=images)
+        output = RUNNERS["screen" if isinstance(spec, ScreenSpec) else "classify"](spec, ctx)
     except (ValueError, FileNotFoundError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

@@ -1,4 +1,4 @@
-"""Thin Celery tasks: read the job, run the pipeline with a progress callback, store results.
+"""Thin Celery tasks: read the job, run its kind's runner with a progress callback, store results.
 
 One task, ``tivis.run_job(job_id)``, runs every kind: the job's kind and spec live in its Redis
 record (the API wrote them), so messages stay tiny and the record is the one truth. Each attempt
@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import redis
@@ -23,32 +21,16 @@ from pydantic import BaseModel
 from core.queue import RUN_JOB_TASK
 from core.settings import get_settings
 from core.store import JobStore
-from specs import SweepSpec, VisualizeSpec
-from specs.debug import ArtifactRef, ClassifySpec, ScreenSpec
-from worker import debugging, pipeline  # torch, imported before the pool forks: warm children
+from specs.classify import ArtifactRef, ClassifySpec, ScreenSpec
+from specs.kinds import KINDS
 from worker.celery_app import app
+from worker.jobs import RUNNERS, JobContext  # torch, imported before the pool forks: warm children
 
 log = logging.getLogger("tivis.worker")
 
 
 class JobCanceled(Exception):
     """Raised from the progress callback when the job's cancel flag is set."""
-
-
-@dataclass(frozen=True)
-class Runner:
-    spec: type[BaseModel]
-    run: str  # function name in ``module``
-    module: ModuleType = pipeline
-    images: bool = False  # takes the job's input images (uploads and artifact references)
-
-
-RUNNERS: dict[str, Runner] = {
-    "visualize": Runner(VisualizeSpec, "run_visualize"),
-    "sweep": Runner(SweepSpec, "run_sweep"),
-    "classify": Runner(ClassifySpec, "run_classify", debugging, images=True),
-    "screen": Runner(ScreenSpec, "run_screen", debugging, images=True),
-}
 
 
 class _State:
@@ -111,7 +93,7 @@ class _Progress:
 
 
 def _images(st: _State, job_id: str, spec: BaseModel) -> dict[str, bytes]:
-    """The input images a classify/screen spec names, keyed as ``specs.debug.image_key``."""
+    """The input images a classify/screen spec names, keyed as ``specs.classify.image_key``."""
     if isinstance(spec, ClassifySpec):
         refs = list(spec.images)
     elif isinstance(spec, ScreenSpec):
@@ -156,23 +138,19 @@ def run_job(job_id: str) -> str:
         return status
 
     try:
-        runner = RUNNERS.get(kind)
-        if runner is None:
+        run, kdef = RUNNERS.get(kind), KINDS.get(kind)
+        if run is None or kdef is None:
             raise ValueError(f"this worker cannot run jobs of kind {kind!r}")
-        spec = runner.spec.model_validate(rec["spec"])
-        run = getattr(runner.module, runner.run)
-        if runner.images:
-            out = run(
-                spec,
-                st.registry,
-                _images(st, job_id, spec),
-                device=st.settings.device,
-                max_pixels=st.settings.max_upload_pixels,
-            )
-        else:
-            out = run(
-                spec, st.registry, device=st.settings.device, runtime=st.runtime, progress=progress
-            )
+        spec = kdef.spec.model_validate(rec["spec"])
+        jctx = JobContext(
+            st.registry,
+            device=st.settings.device,
+            runtime=st.runtime,
+            progress=progress,
+            images=_images(st, job_id, spec) if kdef.images else (),
+            max_pixels=st.settings.max_upload_pixels,
+        )
+        out = run(spec, jctx)
     except JobCanceled:
         return finish("canceled", {})
     except SoftTimeLimitExceeded:

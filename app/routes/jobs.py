@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.deps import ServicesDep
 from app.problems import Problem
-from core.store import TERMINAL
 from app.views import job_view
+from core.store import TERMINAL
 from specs import JobKind, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])

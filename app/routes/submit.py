@@ -16,9 +16,9 @@ from app.catalog import Catalog
 from app.deps import Services, ServicesDep
 from app.kinds import KINDS, KindDef, check_names
 from app.problems import Problem
+from app.views import job_urls
 from core.queue import RUN_JOB_TASK, queue_key
 from core.store import IdempotencyConflict, body_hash
-from app.views import job_urls
 from specs import SweepSpec, VisualizeSpec
 
 log = logging.getLogger("tivis.api")

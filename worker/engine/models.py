@@ -70,7 +70,7 @@ class ModelInfo:
     std: tuple[float, float, float]
     labels: tuple[str, ...]
     resize_to: int | None = None
-    """How a photo of any size becomes an input (``worker.engine.debug.fit``): with a value, the
+    """How a photo of any size becomes an input (``worker.engine.classify.fit``): with a value, the
     shorter side is resized to ``resize_to`` and the center ``input_size`` square is cropped (the
     model's reference evaluation preprocessing); ``None`` resizes the whole image to
     ``input_size × input_size``, aspect ratio not kept."""

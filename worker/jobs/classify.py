@@ -1,10 +1,10 @@
-"""Model debugging jobs from spec to result and artifacts: classify and screen (paper 3.3).
+"""Classify and screen jobs, from spec to result and artifacts (paper section 3.3).
 
-The glue between :mod:`specs.debug` and :mod:`worker.engine.debug`, like :mod:`worker.pipeline`:
-no Celery, Redis or HTTP. Images come in as bytes, keyed by the names the spec uses (an upload's
-name, or ``job/artifact`` for an artifact of a finished job; see ``specs.debug.image_key``), or as
-a list in order. Every image is checked again by content (``specs.debug.check_upload``) before it
-is decoded.
+The glue between :mod:`specs.classify` and :mod:`worker.engine.classify`: no Celery, Redis or
+HTTP. Images come in as bytes, keyed by the names the spec uses (an upload's name, or
+``job/artifact`` for an artifact of a finished job; see ``specs.classify.image_key``), or as a
+list in order. Every image is checked again by content (``specs.classify.check_upload``) before
+it is decoded.
 
 Artifacts:
     classify: ``panel.png`` (Figure 6) and ``classify.json`` (the result).
@@ -20,8 +20,7 @@ from typing import Any
 
 import torch
 
-from specs.debug import (
-    DEFAULT_MAX_UPLOAD_PIXELS,
+from specs.classify import (
     ClassifySpec,
     ScreenSpec,
     UploadInfo,
@@ -29,12 +28,10 @@ from specs.debug import (
     check_upload,
     image_key,
 )
-from worker.engine import debug as D
+from worker.engine import classify as D
 from worker.engine.images import decode_image
-from worker.engine.models import LoadedModel, Registry
-from worker.pipeline import JobOutput, resolve_device, slug
-
-Images = Mapping[str, bytes] | Sequence[bytes]
+from worker.engine.models import LoadedModel
+from worker.jobs.base import Images, JobContext, JobOutput, resolve_device, slug
 
 
 def _named(images: Images, keys: list[str]) -> list[tuple[str, bytes]]:
@@ -80,14 +77,7 @@ def _top(preds: Sequence[D.Prediction]) -> list[dict[str, object]]:
     return [p.as_dict() for p in preds]
 
 
-def run_classify(
-    spec: ClassifySpec,
-    registry: Registry,
-    images: Images,
-    *,
-    device: str = "auto",
-    max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
-) -> JobOutput:
+def run_classify(spec: ClassifySpec, ctx: JobContext) -> JobOutput:
     """Top-k of every image under every model of the spec (Figure 6).
 
     Result: ``{"kind": "classify", "spec", "models": {name: {input_size, resize, ...}},
@@ -96,16 +86,16 @@ def run_classify(
     crop_size}}}], "panel": "panel.png"}``: how each image was resized for each model is in
     ``fitted`` (numbers) and ``models[name].resize`` (words).
     """
-    dev = resolve_device(device)
-    named = _named(images, spec.image_keys())
-    decoded = [(name, *_decode(name, data, max_pixels)) for name, data in named]
+    dev = resolve_device(ctx.device)
+    named = _named(ctx.images, spec.image_keys())
+    decoded = [(name, *_decode(name, data, ctx.max_pixels)) for name, data in named]
     photos = [t for _, _, t in decoded]
     out = JobOutput(result={"kind": "classify", "spec": spec.model_dump(mode="json")})
     models: dict[str, Any] = {}
     per_model: dict[str, list[list[D.Prediction]]] = {}
     infos = {}
     for name in spec.models:
-        model = registry.load(name, dev)
+        model = ctx.registry.load(name, dev)
         infos[name] = model.info
         preds, _ = D.classify(model, photos, spec.top_k)
         per_model[name] = preds
@@ -128,14 +118,7 @@ def run_classify(
     return out
 
 
-def run_screen(
-    spec: ScreenSpec,
-    registry: Registry,
-    images: Images,
-    *,
-    device: str = "auto",
-    max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
-) -> JobOutput:
+def run_screen(spec: ScreenSpec, ctx: JobContext) -> JobOutput:
     """Screen the spec's rectangles with each model's zero; top-k before and after (Figure 7).
 
     Result: ``{"kind": "screen", "spec", "image": {name, format, width, height}, "models":
@@ -144,13 +127,13 @@ def run_screen(
     "panel": "panel.png"}``. ``covered`` is the fraction of the model's input that the screen
     covers after resizing and cropping (0 if the crop cut the rectangles away).
     """
-    dev = resolve_device(device)
+    dev = resolve_device(ctx.device)
     keys = [image_key(spec.image)] if spec.image is not None else []
-    named = _named(images, keys)
+    named = _named(ctx.images, keys)
     if len(named) != 1:
         raise ValueError(f"screen takes exactly one image, got {len(named)}")
     name, data = named[0]
-    info, photo = _decode(name, data, max_pixels)
+    info, photo = _decode(name, data, ctx.max_pixels)
     spec.check_rectangles(info.width, info.height)
     rects = [(r.x, r.y, r.width, r.height) for r in spec.rectangles]
     mask = D.screen_mask(info.height, info.width, rects)
@@ -164,7 +147,7 @@ def run_screen(
     rows = []
     entries = []
     for mname in spec.models:
-        model = registry.load(mname, dev)
+        model = ctx.registry.load(mname, dev)
         zero = model.info.zero
         screened = D.fill_rectangles(photo, rects, zero)
         batch = D.fit(torch.stack([photo, screened]).to(dev), model.info)  # (2, 3, N, N)

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from photos import photo
 
 from specs import VisualizeSpec
-from specs.debug import ClassifySpec, ScreenSpec
-from worker import pipeline
-from worker.debugging import run_classify, run_screen
+from specs.classify import ClassifySpec, ScreenSpec
 from worker.engine import render
 from worker.engine.images import decode_image, encode_png
 from worker.engine.models import ModelNotFound, Registry
+from worker.jobs import JobContext, JobOutput
+from worker.jobs.base import Images
+from worker.jobs.classify import run_classify, run_screen
+from worker.jobs.visualize import run_visualize
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,15 @@ def png(h: int, w: int, seed: int = 0) -> bytes:
     return encode_png(torch.rand(3, h, w, generator=g) * 255)
 
 
-def artifact(out: pipeline.JobOutput, name: str) -> bytes:
+def classify(spec: ClassifySpec, registry: Registry, images: Images, **kw: Any) -> JobOutput:
+    return run_classify(spec, JobContext(registry, images=images, **kw))
+
+
+def screen(spec: ScreenSpec, registry: Registry, images: Images, **kw: Any) -> JobOutput:
+    return run_screen(spec, JobContext(registry, images=images, **kw))
+
+
+def artifact(out: JobOutput, name: str) -> bytes:
     return next(a.data for a in out.artifacts if a.name == name)
 
 
@@ -47,7 +58,7 @@ def artifact(out: pipeline.JobOutput, name: str) -> bytes:
 
 def test_classify_two_models_two_images(two_models: Registry) -> None:
     spec = ClassifySpec(models=["tiny", "tiny2"], top_k=3)
-    out = run_classify(spec, two_models, {"a.png": png(80, 120), "b.png": png(64, 64, 1)})
+    out = classify(spec, two_models, {"a.png": png(80, 120), "b.png": png(64, 64, 1)})
     res = out.result
     assert res["kind"] == "classify"
     assert [a.name for a in out.artifacts] == ["panel.png", "classify.json"]
@@ -78,26 +89,26 @@ def test_classify_order_and_references(two_models: Registry) -> None:
             "images": [{"job": "job1", "artifact": "tiny-0-soccer_ball-image.png"}, "up.png"],
         }
     )
-    out = run_classify(spec, two_models, images)
+    out = classify(spec, two_models, images)
     assert [im["name"] for im in out.result["images"]] == [
         "job1/tiny-0-soccer_ball-image.png",
         "up.png",
     ]
-    listed = run_classify(ClassifySpec(models=["tiny"]), two_models, [png(64, 64), png(30, 90)])
+    listed = classify(ClassifySpec(models=["tiny"]), two_models, [png(64, 64), png(30, 90)])
     assert [im["name"] for im in listed.result["images"]] == ["image-0", "image-1"]
 
 
 def test_classify_errors(two_models: Registry) -> None:
     with pytest.raises(ValueError, match=r"no image named 'missing\.png'"):
-        run_classify(
+        classify(
             ClassifySpec(models=["tiny"], images=["missing.png"]), two_models, {"a.png": png(8, 8)}
         )
     with pytest.raises(ValueError, match=r"image 'a\.png': unsupported image type"):
-        run_classify(ClassifySpec(models=["tiny"]), two_models, {"a.png": b"GIF89a...."})
+        classify(ClassifySpec(models=["tiny"]), two_models, {"a.png": b"GIF89a...."})
     with pytest.raises(ModelNotFound, match=r"unknown model 'tiny3'.*closest: tiny"):
-        run_classify(ClassifySpec(models=["tiny3"]), two_models, [png(8, 8)])
+        classify(ClassifySpec(models=["tiny3"]), two_models, [png(8, 8)])
     with pytest.raises(ValueError, match="at least one image"):
-        run_classify(ClassifySpec(models=["tiny"]), two_models, [])
+        classify(ClassifySpec(models=["tiny"]), two_models, [])
 
 
 # --------------------------------------------------------------------------- screen (tiny)
@@ -112,7 +123,7 @@ def test_screen_fills_each_models_zero(two_models: Registry) -> None:
         }
     )
     data = png(64, 96)
-    out = run_screen(spec, two_models, {"photo.png": data})
+    out = screen(spec, two_models, {"photo.png": data})
     names = [a.name for a in out.artifacts]
     assert names == ["screened-tiny.png", "screened-tiny2.png", "panel.png", "screen.json"]
     original = decode_image(data)
@@ -136,14 +147,14 @@ def test_screen_errors(two_models: Registry) -> None:
         {"models": ["tiny"], "rectangles": [{"x": 60, "y": 0, "width": 10, "height": 10}]}
     )
     with pytest.raises(ValueError, match=r"rectangles\[0\].*64×64 image"):
-        run_screen(outside, two_models, [png(64, 64)])
+        screen(outside, two_models, [png(64, 64)])
     ok = ScreenSpec.model_validate(
         {"models": ["tiny"], "rectangles": [{"x": 0, "y": 0, "width": 10, "height": 10}]}
     )
     with pytest.raises(ValueError, match="exactly one image, got 2"):
-        run_screen(ok, two_models, [png(64, 64), png(64, 64)])
+        screen(ok, two_models, [png(64, 64), png(64, 64)])
     with pytest.raises(ValueError, match="truncated or corrupt"):
-        run_screen(ok, two_models, [png(64, 64)[:60]])
+        screen(ok, two_models, [png(64, 64)[:60]])
 
 
 # --------------------------------------------------------------------------- compare models
@@ -161,7 +172,7 @@ def test_visualize_two_models_grid_has_a_row_per_model_and_a_column_per_target(
             "views": {"count": 2},
         }
     )
-    out = pipeline.run_visualize(spec, two_models, device="cpu")
+    out = run_visualize(spec, JobContext(two_models, device="cpu"))
     grid = decode_image(artifact(out, "grid.png")).to(torch.uint8)  # (3, H, W)
     side, pad = 64, 4  # tiny's input size; render.grid's default margin
     # The cell area is the bottom-right 2 × 3 block of (side + pad) squares.
@@ -211,7 +222,7 @@ def registry() -> Registry:
 @pytest.mark.slow
 def test_real_photos_classified_by_the_default_model(registry: Registry) -> None:
     images = {name: photo(name) for name in [*EXPECTED, "grass.png"]}
-    out = run_classify(ClassifySpec(), registry, images, device="cpu")
+    out = classify(ClassifySpec(), registry, images, device="cpu")
     entry = out.result["models"]["efficientnet_lite0"]
     assert entry["resize"].startswith("shorter side resized to 256, then the center 224×224")
     chelsea = next(im for im in out.result["images"] if im["name"] == "chelsea.png")
@@ -243,7 +254,7 @@ def test_screening_the_cup_changes_the_prediction(registry: Registry, tmp_path: 
     spec = ScreenSpec.model_validate(
         {"rectangles": [{"x": 150, "y": 0, "width": 300, "height": 300}]}
     )
-    out = run_screen(spec, registry, {"coffee.png": data}, device="cpu")
+    out = screen(spec, registry, {"coffee.png": data}, device="cpu")
     (entry,) = out.result["models"]
     assert entry["before"][0]["label"] == "espresso" and entry["before"][0]["p"] > 0.8
     assert entry["top1_changed"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker.engine import debug as D
+from worker.engine import classify as D
 from worker.engine.images import decode_image, encode_png
 from worker.engine.models import LoadedModel, ModelInfo, Registry
 

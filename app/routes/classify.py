@@ -2,7 +2,7 @@
 
 Every check happens before anything is stored or queued: the body is read within the upload
 limits (:mod:`app.uploads`), the spec validated, each upload checked by content and the model
-names against the published catalog (``specs.debug.check_request``), and every ``{"job",
+names against the published catalog (``specs.classify.check_request``), and every ``{"job",
 "artifact"}`` reference resolved to a finished job's PNG artifact. Only then are the job record,
 its uploaded bytes and its Celery message written, in one Redis transaction.
 """
@@ -20,7 +20,7 @@ from app.kinds import KINDS, KindDef
 from app.problems import Problem, validation_errors
 from app.routes.submit import IdemKey, JobAccepted, queue_job, require_catalog
 from app.uploads import FILES_FIELD, SPEC_FIELD, BodyRejected, read_body
-from specs.debug import (
+from specs.classify import (
     MAX_IMAGES,
     ArtifactRef,
     ClassifySpec,
@@ -102,7 +102,7 @@ async def _check_ref(
         raise _reject(422, f"artifact {ref.artifact!r} of job {ref.job} expired", field)
 
 
-async def submit_debug(
+async def submit_with_images(
     request: Request, response: Response, services: ServicesDep, kind: KindDef, idem: str | None
 ) -> dict[str, Any]:
     cfg = services.settings
@@ -221,7 +221,7 @@ async def post_classify(
     Spec (`ClassifySpec`): `models` (or `model`; default the default model), `top_k` (5), `images`
     (upload names and `{"job": id, "artifact": name}` references, in panel order; empty: every
     upload in order). Result: `images[].predictions[model]`, `panel.png`, `classify.json`."""
-    return await submit_debug(request, response, services, KINDS["classify"], idem)
+    return await submit_with_images(request, response, services, KINDS["classify"], idem)
 
 
 @router.post(
@@ -241,4 +241,4 @@ async def post_screen(
     `models`, `top_k`, `image` (the upload's name or a `{job, artifact}` reference; default the
     one upload). Result: `models[]` with `before`, `after`, `top1_changed`, `screened-<model>.png`,
     and `panel.png`."""
-    return await submit_debug(request, response, services, KINDS["screen"], idem)
+    return await submit_with_images(request, response, services, KINDS["screen"], idem)

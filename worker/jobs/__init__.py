@@ -1,0 +1,25 @@
+"""One runner per job kind, one signature: ``run(spec, ctx: JobContext) -> JobOutput``.
+
+The kinds and their specs are ``specs.kinds.KINDS``; :data:`RUNNERS` has a runner for each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from worker.jobs.base import Artifact, JobContext, JobOutput
+from worker.jobs.classify import run_classify, run_screen
+from worker.jobs.sweep import run_sweep
+from worker.jobs.visualize import run_visualize
+
+Runner = Callable[[Any, JobContext], JobOutput]
+
+RUNNERS: dict[str, Runner] = {
+    "visualize": run_visualize,
+    "sweep": run_sweep,
+    "classify": run_classify,
+    "screen": run_screen,
+}
+
+__all__ = ["RUNNERS", "Artifact", "JobContext", "JobOutput", "Runner"]
