@@ -473,22 +473,8 @@ class JobStore(_Base):
     def __init__(self, client: redis.Redis, prefix: str, ttl: int) -> None:
         super().__init__(prefix, ttl)
         self.r = client
-        self._create = client.register_script(_CREATE)
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
-        self._cancel = client.register_script(_CANCEL)
-
-    def create(
-        self,
-        job_id: str,
-        kind: str,
-        spec: Mapping[str, Any],
-        *,
-        idempotency: tuple[str, str] | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> tuple[str, bool]:
-        keys, args = self._create_args(job_id, kind, spec, idempotency, time.time(), extra)
-        return self._create_result(cast(list[Any], self._create(keys=keys, args=args)), idempotency)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         return decode_record(cast(dict[bytes, bytes], self.r.hgetall(self.keys.job(job_id))))
@@ -517,19 +503,6 @@ class JobStore(_Base):
         pipe.hget(self.keys.job(job_id), "cancel_requested")
         _, flag = pipe.execute()
         return _s(flag) == "1"
-
-    def cancel_requested(self, job_id: str) -> bool:
-        return _s(cast(bytes | None, self.r.hget(self.keys.job(job_id), "cancel_requested"))) == "1"
-
-    def cancel(self, job_id: str) -> tuple[str, str]:
-        k = self.keys
-        res = cast(
-            list[Any],
-            self._cancel(
-                keys=[k.job(job_id), k.current, k.total], args=[repr(time.time()), self.ttl]
-            ),
-        )
-        return _s(res[0]) or "", _s(res[1]) or ""
 
     def stage_artifacts(
         self, job_id: str, attempt: int | str, artifacts: Iterable[tuple[str, bytes]]
@@ -574,9 +547,6 @@ class JobStore(_Base):
             pipe.expire(key, self.ttl)
             pipe.execute()
         return bool(ok)
-
-    def artifact(self, job_id: str, name: str) -> bytes | None:
-        return cast(bytes | None, self.r.hget(self.keys.artifacts(job_id), name))
 
     def images(
         self, job_id: str, uploads: Iterable[str], refs: Iterable[tuple[str, str]]

@@ -287,4 +287,3 @@ class SweepSpec(OptimizeSpec):
 
 JobKind = Literal["visualize", "sweep", "classify", "screen"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})

@@ -1,9 +1,9 @@
 """Command line: run the engine on this machine and write PNGs and a JSON report.
 
-    python -m worker.engine visualize --model efficientnet_lite0 --target "soccer ball" --out out/
-    python -m worker.engine sweep --model efficientnet_lite0 --target "soccer ball" --out out/
-    python -m worker.engine classify --image cat.png --image out/grid.png --top-k 5 --out out/
-    python -m worker.engine screen --image ball.jpg --rect 120,80,200,180 --model resnet50
+    python -m worker.cli visualize --model efficientnet_lite0 --target "soccer ball" --out out/
+    python -m worker.cli sweep --model efficientnet_lite0 --target "soccer ball" --out out/
+    python -m worker.cli classify --image cat.png --image out/grid.png --top-k 5 --out out/
+    python -m worker.cli screen --image ball.jpg --rect 120,80,200,180 --model resnet50
 
 Every option of the job specs can be given as JSON with ``--spec '{...}'`` (the same body the
 HTTP API takes); the flags below override the common ones.
@@ -82,7 +82,7 @@ def _write(out_dir: Path, output: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m worker.engine", description=__doc__.split("\n")[0]
+        prog="python -m worker.cli", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -194,3 +194,7 @@ def _classify_or_screen(parser: argparse.ArgumentParser, args: argparse.Namespac
         return 2
     _write(args.out, output)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -28,7 +28,6 @@ __all__ = [
     "line_plot",
     "nice_step",
     "nice_ticks",
-    "panel_png",
     "strip",
     "vcat",
 ]
@@ -362,11 +361,6 @@ def gray_images(gray: torch.Tensor) -> torch.Tensor:
     if gray.ndim != 3:
         raise ValueError(f"expected gray of shape (B, H, W), got {tuple(gray.shape)}")
     return gray.to(torch.float32).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
-
-
-def panel_png(u8: torch.Tensor) -> bytes:
-    """One picture (3, H, W), uint8 or pixel-space float, as PNG bytes (deterministic)."""
-    return img.encode_png(u8)
 
 
 # --------------------------------------------------------------------------- heat maps
