@@ -6,8 +6,9 @@ import base64
 import json
 import os
 import uuid
-from typing import Any
+from typing import Any, cast
 
+import redis
 from celery import Celery
 
 from core.settings import Settings
@@ -99,3 +100,16 @@ def send_template(celery: Celery, queue: str) -> None:
     """Send the template message (job id ``MessageTemplate.MARK``) to ``queue``."""
     celery.send_task(RUN_JOB_TASK, args=[MessageTemplate.MARK], task_id=MessageTemplate.MARK,
                      queue=queue)  # fmt: skip
+
+
+def capture_template(client: redis.Redis, celery: Celery, settings: Settings) -> MessageTemplate:
+    """Have Celery write one ``tivis.run_job`` message to a scratch queue and take it back (the
+    worker's reaper; the API has an async twin in ``app.main``)."""
+    scratch = scratch_queue(settings)
+    send_template(celery, scratch)
+    prefix = broker_prefix(settings)
+    raw = cast(bytes | None, client.rpop(prefix + scratch))
+    client.delete(prefix + scratch, f"{prefix}_kombu.binding.{scratch}")
+    if raw is None:
+        raise RuntimeError("could not capture the Celery message template")
+    return MessageTemplate(raw, scratch, settings.queue)

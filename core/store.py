@@ -16,6 +16,7 @@ Layout (``P`` = prefix):
 - ``P:idem:<key>``              string: ``<job id>|<body hash>`` of an ``Idempotency-Key``
 - ``P:catalog``                 hash: model name -> JSON {info, labels, worker, updated}
 - ``P:worker:<name>``           string with a short TTL: a live worker's heartbeat
+- ``P:running``                 hash: job id -> name of the worker running it (for the reaper)
 - ``P:metrics:current``         hash: ``kind|status`` -> number of jobs now queued / running
 - ``P:metrics:total``           hash: ``kind|status`` -> jobs that reached that status
 - ``P:metrics:duration:<kind>`` hash: histogram buckets, ``sum`` and ``count`` of run times
@@ -83,16 +84,25 @@ local function move(cur, tot, kind, from, to, ttl)
 end
 """
 
-# A worker starts (or restarts, after redelivery) a job.
-# KEYS: record, current, total; ARGV: now, max_attempts, ttl
-# Returns {verdict, status or attempts}: run | skip | canceled | exhausted | missing
+# A worker starts (or restarts, after redelivery) a job. A job still running on another worker
+# whose heartbeat lives is left alone (a late redelivery of a message the reaper replaced).
+# KEYS: record, current, total, running; ARGV: now, max_attempts, ttl, worker, worker key
+# prefix, job id. (The heartbeat key of the record's worker is read by name: standalone Redis.)
+# Returns {verdict, status or attempts}: run | skip | busy | canceled | exhausted | missing
 _START = (
     _MOVE
     + """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return {'missing', ''} end
 if s ~= 'queued' and s ~= 'running' then return {'skip', s} end
+if s == 'running' then
+  local w = redis.call('HGET', KEYS[1], 'worker')
+  if w and w ~= '' and w ~= ARGV[4] and redis.call('EXISTS', ARGV[5] .. w) == 1 then
+    return {'busy', w}
+  end
+end
 local kind = redis.call('HGET', KEYS[1], 'kind')
+redis.call('HDEL', KEYS[4], ARGV[6])
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
   redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
   move(KEYS[2], KEYS[3], kind, s, 'canceled', ARGV[3])
@@ -107,14 +117,20 @@ if n > tonumber(ARGV[2]) then
   move(KEYS[2], KEYS[3], kind, s, 'failed', ARGV[3])
   return {'exhausted', tostring(n - 1)}
 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'progress', '')
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'progress', '',
+  'worker', ARGV[4])
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[4], ARGV[6], ARGV[4])
+  redis.call('EXPIRE', KEYS[4], ARGV[3])
+end
 move(KEYS[2], KEYS[3], kind, s, 'running', ARGV[3])
 return {'run', tostring(n)}
 """
 )
 
 # A worker finishes attempt n: only if the record is still running that attempt.
-# KEYS: record, current, total, staging, final; ARGV: attempt, status, ttl, now, field/value...
+# KEYS: record, current, total, staging, final, running; ARGV: attempt, status, ttl, now,
+# field/value...
 _FINISH = (
     _MOVE
     + """
@@ -135,13 +151,15 @@ local fields = {'status', ARGV[2], 'finished_at', ARGV[4]}
 for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 local kind = redis.call('HGET', KEYS[1], 'kind')
+redis.call('HDEL', KEYS[6], redis.call('HGET', KEYS[1], 'id'))
 move(KEYS[2], KEYS[3], kind, s, ARGV[2], ARGV[3])
 return 1
 """
 )
 
-# Cancel. KEYS: record, current, total; ARGV: now, ttl
-# Returns {verdict, status}: canceled (was queued) | requested (running) | finished | missing
+# Cancel. KEYS: record, current, total, running; ARGV: now, ttl, worker key prefix, job id
+# Returns {verdict, status}: canceled (was queued, or its worker stopped beating) | requested
+# (running) | finished | missing
 _CANCEL = (
     _MOVE
     + """
@@ -154,7 +172,44 @@ if s == 'queued' then
   move(KEYS[2], KEYS[3], redis.call('HGET', KEYS[1], 'kind'), s, 'canceled', ARGV[2])
   return {'canceled', 'canceled'}
 end
+local w = redis.call('HGET', KEYS[1], 'worker')
+if w and w ~= '' and redis.call('EXISTS', ARGV[3] .. w) == 0 then
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
+  redis.call('HDEL', KEYS[4], ARGV[4])
+  move(KEYS[2], KEYS[3], redis.call('HGET', KEYS[1], 'kind'), s, 'canceled', ARGV[2])
+  return {'canceled', 'canceled'}
+end
 return {'requested', s}
+"""
+)
+
+# The reaper claims a job whose worker stopped beating: requeued (a new broker message, pushed
+# here so claim and message are one step) or canceled if cancel was asked. Exactly once: only
+# while the running entry still names that worker and its heartbeat key is gone.
+# KEYS: record, current, total, running, queue; ARGV: job id, worker, now, ttl, worker key
+# prefix, message. Returns {verdict, attempts}: requeued | canceled | alive | moved | gone
+_REAP = (
+    _MOVE
+    + """
+if redis.call('HGET', KEYS[4], ARGV[1]) ~= ARGV[2] then return {'moved', ''} end
+if redis.call('EXISTS', ARGV[5] .. ARGV[2]) == 1 then return {'alive', ''} end
+redis.call('HDEL', KEYS[4], ARGV[1])
+local s = redis.call('HGET', KEYS[1], 'status')
+if s ~= 'running' or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] then
+  return {'gone', s or ''}
+end
+local kind = redis.call('HGET', KEYS[1], 'kind')
+local n = redis.call('HGET', KEYS[1], 'attempts') or '0'
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[3])
+  move(KEYS[2], KEYS[3], kind, s, 'canceled', ARGV[4])
+  return {'canceled', n}
+end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'requeued_at', ARGV[3], 'worker', '')
+redis.call('HINCRBY', KEYS[1], 'requeues', 1)
+move(KEYS[2], KEYS[3], kind, s, 'queued', ARGV[4])
+redis.call('RPUSH', KEYS[5], ARGV[6])
+return {'requeued', n}
 """
 )
 
@@ -203,6 +258,14 @@ class Keys:
     @property
     def workers_pattern(self) -> str:
         return f"{self.prefix}:worker:*"
+
+    @property
+    def worker_prefix(self) -> str:
+        return f"{self.prefix}:worker:"
+
+    @property
+    def running(self) -> str:
+        return f"{self.prefix}:running"
 
     @property
     def current(self) -> str:
@@ -363,8 +426,10 @@ class AsyncJobStore(_Base):
         )  # fmt: skip
 
     async def cancel(self, job_id: str) -> tuple[str, str]:
-        keys = [self.keys.job(job_id), self.keys.current, self.keys.total]
-        res = cast(list[Any], await self._cancel(keys=keys, args=[repr(time.time()), self.ttl]))
+        k = self.keys
+        keys = [k.job(job_id), k.current, k.total, k.running]
+        args: list[str | int] = [repr(time.time()), self.ttl, k.worker_prefix, job_id]
+        res = cast(list[Any], await self._cancel(keys=keys, args=args))
         return _s(res[0]) or "", _s(res[1]) or ""
 
     async def list_jobs(
@@ -475,19 +540,21 @@ class JobStore(_Base):
         self.r = client
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
+        self._reap = client.register_script(_REAP)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         return decode_record(cast(dict[bytes, bytes], self.r.hgetall(self.keys.job(job_id))))
 
-    def start(self, job_id: str, max_attempts: int) -> tuple[str, str]:
-        """Begin an attempt: ``("run", attempt)`` or why not (skip, canceled, exhausted,
-        missing). Partial artifacts of earlier attempts are deleted."""
+    def start(self, job_id: str, max_attempts: int, worker: str = "") -> tuple[str, str]:
+        """Begin an attempt on ``worker`` (its heartbeat name): ``("run", attempt)`` or why not
+        (skip, busy, canceled, exhausted, missing). Partial artifacts of earlier attempts are
+        deleted."""
         k = self.keys
         res = cast(
             list[Any],
             self._start(
-                keys=[k.job(job_id), k.current, k.total],
-                args=[repr(time.time()), max_attempts, self.ttl],
+                keys=[k.job(job_id), k.current, k.total, k.running],
+                args=[repr(time.time()), max_attempts, self.ttl, worker, k.worker_prefix, job_id],
             ),
         )
         verdict, info = _s(res[0]) or "", _s(res[1]) or ""
@@ -496,12 +563,17 @@ class JobStore(_Base):
             self.r.delete(*stale)
         return verdict, info
 
-    def progress(self, job_id: str, progress: Mapping[str, Any]) -> bool:
-        """Write progress; returns whether a cancel was requested."""
+    def progress(
+        self, job_id: str, progress: Mapping[str, Any], attempt: int | None = None
+    ) -> bool:
+        """Write progress; returns whether to stop: a cancel was requested, or (given
+        ``attempt``) that attempt is no longer the job's running one (the reaper requeued it)."""
         pipe = self.r.pipeline(transaction=False)
         pipe.hset(self.keys.job(job_id), "progress", json.dumps(progress))
-        pipe.hget(self.keys.job(job_id), "cancel_requested")
-        _, flag = pipe.execute()
+        pipe.hmget(self.keys.job(job_id), ["cancel_requested", "status", "attempts"])
+        _, (flag, status, attempts) = pipe.execute()
+        if attempt is not None and (_s(status) != "running" or _s(attempts) != str(attempt)):
+            return True
         return _s(flag) == "1"
 
     def stage_artifacts(
@@ -535,6 +607,7 @@ class JobStore(_Base):
                 k.total,
                 k.staging(job_id, attempt),
                 k.artifacts(job_id),
+                k.running,
             ],
             args=[str(attempt), status, self.ttl, repr(time.time()), *_flatten(fields)],
         )
@@ -590,3 +663,32 @@ class JobStore(_Base):
 
     def drop_worker(self, name: str) -> None:
         self.r.delete(self.keys.worker(name))
+
+    def running_jobs(self) -> dict[str, str]:
+        """Job id -> the worker running it, for every running job."""
+        raw = cast(dict[bytes, bytes], self.r.hgetall(self.keys.running))
+        return {_s(j) or "": _s(w) or "" for j, w in raw.items()}
+
+    def live_workers(self, names: Iterable[str]) -> set[str]:
+        """Those of ``names`` whose heartbeat key exists."""
+        ns = list(names)
+        if not ns:
+            return set()
+        pipe = self.r.pipeline(transaction=False)
+        for n in ns:
+            pipe.exists(self.keys.worker(n))
+        return {n for n, e in zip(ns, pipe.execute(), strict=True) if e}
+
+    def reap(self, job_id: str, worker: str, queue: str, message: str) -> tuple[str, int]:
+        """Claim job ``job_id`` of the lost ``worker``: requeue it (``message`` pushed to the
+        broker list ``queue`` in the same step) or cancel it if cancel was asked. Returns
+        ``(verdict, attempts so far)``; see ``_REAP``."""
+        k = self.keys
+        res = cast(
+            list[Any],
+            self._reap(
+                keys=[k.job(job_id), k.current, k.total, k.running, queue],
+                args=[job_id, worker, repr(time.time()), self.ttl, k.worker_prefix, message],
+            ),
+        )
+        return _s(res[0]) or "", int(_s(res[1]) or 0)

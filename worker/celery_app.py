@@ -2,15 +2,18 @@
 
 Reliability settings come from ``core.queue.celery_config`` (late acks, requeue on a lost worker,
 prefetch 1, one job at a time, visibility timeout above the hard time limit). The main worker
-process publishes the model catalog into Redis and keeps a heartbeat; models are loaded lazily
-once per pool process (after fork), see ``worker.tasks``.
+process publishes the model catalog into Redis and keeps a heartbeat, and each beat its reaper
+requeues the jobs of workers that stopped beating (``worker.reaper``); models are loaded lazily
+once per pool process (after fork), see ``worker.tasks``. Pool processes die with the main one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -19,14 +22,30 @@ import redis
 from celery import Celery, signals
 
 from core.logs import configure_logging
-from core.queue import celery_config
+from core.queue import capture_template, celery_config, queue_key
 from core.settings import get_settings
 from core.store import JobStore
+from worker.reaper import Reaper
 
 settings = get_settings()
 app = Celery("tivis", include=["worker.tasks"])
 app.conf.update(celery_config(settings))
 log = logging.getLogger("tivis.worker")
+_worker_name: str | None = None
+
+
+def worker_name() -> str:
+    """This worker's heartbeat name, ``<nodename>:<main pid>`` (pool processes inherit it), as
+    jobs record it; empty outside a worker."""
+    return _worker_name or ""
+
+
+@signals.worker_init.connect  # type: ignore[untyped-decorator]
+def _init(sender: Any = None, **_: Any) -> None:
+    """Before the pool forks: name this worker once, for the heartbeat and the job records."""
+    global _worker_name
+    host = getattr(sender, "hostname", None) or socket.gethostname()
+    _worker_name = f"{host}:{os.getpid()}"
 
 
 @signals.setup_logging.connect  # type: ignore[untyped-decorator]
@@ -48,7 +67,8 @@ def catalog_entries() -> dict[str, dict[str, Any]]:
 
 class Heartbeat:
     """Publishes the catalog, then refreshes ``P:worker:<name>`` every ``heartbeat_seconds``
-    (the key lives three beats) and the catalog every minute, until stopped."""
+    (the key lives three beats) and the catalog every minute, until stopped; after each beat a
+    reaper pass (requeue the jobs of lost workers)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -57,6 +77,7 @@ class Heartbeat:
             redis.Redis.from_url(settings.redis_url), settings.key_prefix, settings.ttl_seconds
         )
         self.models: list[str] = []
+        self.reaper: Reaper | None = None
         self.thread = threading.Thread(target=self._run, name="tivis-heartbeat", daemon=True)
 
     def publish(self) -> None:
@@ -82,12 +103,16 @@ class Heartbeat:
                     self.publish()
                     last_publish = time.monotonic()
                 self.beat()
+                if self.reaper is not None:
+                    self.reaper.sweep()
             except Exception:
                 log.exception("heartbeat failed", extra={"worker": self.name})
 
     def start(self) -> None:
         self.publish()
         self.beat()
+        template = capture_template(self.store.r, app, settings)
+        self.reaper = Reaper(self.store, queue_key(settings), template.render)
         self.thread.start()
         log.info("worker ready", extra={"worker": self.name, "models": self.models})
 
@@ -106,7 +131,7 @@ _heartbeat: Heartbeat | None = None
 def _ready(sender: Any = None, **_: Any) -> None:
     global _heartbeat
     host = getattr(sender, "hostname", None) or socket.gethostname()
-    _heartbeat = Heartbeat(f"{host}:{os.getpid()}")
+    _heartbeat = Heartbeat(_worker_name or f"{host}:{os.getpid()}")
     _heartbeat.start()
 
 
@@ -145,7 +170,13 @@ def _task_failure(
 
 @signals.worker_process_init.connect  # type: ignore[untyped-decorator]
 def _process_init(**_: Any) -> None:
-    """In each pool process after fork: fresh Redis connections and the model registry."""
+    """In each pool process after fork: die with the main process (Linux), so a lost worker's
+    job never runs on beside its requeued attempt; fresh Redis connections and registry."""
     from worker import tasks
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
     tasks.reset_state()

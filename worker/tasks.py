@@ -23,14 +23,15 @@ from core.settings import get_settings
 from core.store import JobStore
 from specs.classify import ArtifactRef, ClassifySpec, ScreenSpec
 from specs.kinds import KINDS
-from worker.celery_app import app
+from worker.celery_app import app, worker_name
 from worker.jobs import RUNNERS, JobContext  # torch, imported before the pool forks: warm children
 
 log = logging.getLogger("tivis.worker")
 
 
 class JobCanceled(Exception):
-    """Raised from the progress callback when the job's cancel flag is set."""
+    """Raised from the progress callback when the job's cancel flag is set, or its attempt was
+    superseded (the reaper requeued the job: this worker had stopped beating)."""
 
 
 class _State:
@@ -84,7 +85,7 @@ class _Progress:
         if now - self.written < self.every:
             return
         self.written = now
-        if self.st.store.progress(self.job_id, self.last):
+        if self.st.store.progress(self.job_id, self.last, self.attempt):
             raise JobCanceled(self.job_id)
 
     def final(self) -> dict[str, Any]:
@@ -113,7 +114,7 @@ def _error(exc: BaseException) -> dict[str, str]:
 def run_job(job_id: str) -> str:
     """Run one attempt of job ``job_id``; returns its final status (or why it did not run)."""
     st = state()
-    verdict, info = st.store.start(job_id, st.settings.max_attempts)
+    verdict, info = st.store.start(job_id, st.settings.max_attempts, worker_name())
     ctx = {"job_id": job_id}
     if verdict != "run":
         log.info("job not run", extra={**ctx, "verdict": verdict, "info": info})

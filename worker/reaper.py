@@ -1,0 +1,52 @@
+"""Fast recovery of lost jobs: requeue (or cancel) the running jobs of workers that stopped
+beating, long before the broker's visibility timeout would redeliver them.
+
+Every worker's heartbeat thread runs a :class:`Reaper` pass each beat. A job is claimed only when
+its worker's heartbeat key (three beats long) was gone on two passes in a row, and the claim is
+one Lua step (``JobStore.reap``) that checks again and pushes the new broker message itself, so
+of many reapers exactly one requeues a job, exactly once. The attempt that died stays counted;
+the next start counts the new one (and fails the job after ``TIVIS_MAX_ATTEMPTS``). A late
+redelivery of the dead worker's old message is skipped by ``start`` while the new attempt runs on
+a live worker, and does nothing once the job has finished.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from core.store import JobStore
+
+log = logging.getLogger("tivis.reaper")
+
+
+class Reaper:
+    """Claims the jobs of lost workers; call :meth:`sweep` about once per heartbeat."""
+
+    def __init__(self, store: JobStore, queue: str, message: Callable[[str], str]) -> None:
+        """``queue``: the broker's Redis list; ``message(job_id)``: its Celery message."""
+        self.store = store
+        self.queue = queue
+        self.message = message
+        self.suspects: set[tuple[str, str]] = set()
+
+    def sweep(self) -> list[tuple[str, str, int]]:
+        """One pass; returns ``(job id, verdict, attempts)`` of the jobs claimed now."""
+        try:
+            running = self.store.running_jobs()
+            live = self.store.live_workers(set(running.values()))
+        except Exception:
+            self.suspects = set()  # a fresh start after Redis trouble: two clean passes again
+            raise
+        missing = {(job, w) for job, w in running.items() if w not in live}
+        ready, self.suspects = missing & self.suspects, missing - self.suspects
+        claimed: list[tuple[str, str, int]] = []
+        for job_id, worker in sorted(ready):
+            verdict, attempts = self.store.reap(job_id, worker, self.queue, self.message(job_id))
+            if verdict in ("requeued", "canceled"):
+                claimed.append((job_id, verdict, attempts))
+                log.warning(
+                    "job of a lost worker " + verdict,
+                    extra={"job_id": job_id, "lost_worker": worker, "attempts": attempts},
+                )
+        return claimed
