@@ -62,6 +62,12 @@ class Settings(BaseSettings):
 
     # Embedded run
     data_dir: Path = Field(default=Path(".tivis"), description="embedded Redis data and socket")
+    restart_backoff_seconds: float = Field(
+        default=0.5, gt=0.0, description="embedded run: first delay before restarting a process"
+    )
+    restart_backoff_max_seconds: float = Field(
+        default=30.0, gt=0.0, description="embedded run: the restart delay doubles up to this"
+    )
     log_level: str = "INFO"
 
     @model_validator(mode="after")

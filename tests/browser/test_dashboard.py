@@ -7,7 +7,6 @@ screenshots under ``test-artifacts/browser/``. Waiting is polling with deadlines
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +68,70 @@ def _wait_image(page: Any, selector: str, previous_src: str | None = None) -> st
     return str(page.locator(selector).first.get_attribute("src"))
 
 
+_RECORDER = """
+(() => {
+  // What the page observes: the job's SSE events (a tee of the stream the page reads) and every
+  // value its progress bar takes (a MutationObserver), recorded in order.
+  const rec = { events: [], bar: [] };
+  window.__tivis = rec;
+  const fetch0 = window.fetch;
+  window.fetch = async (...args) => {
+    const res = await fetch0(...args);
+    const url = String((args[0] && args[0].url) || args[0]);
+    if (!/\\/events$/.test(url) || !res.body) return res;
+    const [mine, theirs] = res.body.tee();
+    (async () => {
+      const reader = mine.getReader();
+      const dec = new TextDecoder();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += dec.decode(value, { stream: true });
+        let i;
+        while ((i = buf.indexOf("\\n\\n")) >= 0) {
+          const chunk = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          const ev = /^event: (.*)$/m.exec(chunk);
+          const data = /^data: (.*)$/m.exec(chunk);
+          if (ev && data) rec.events.push([ev[1], JSON.parse(data[1])]);
+        }
+      }
+    })();
+    return new Response(theirs, { status: res.status, statusText: res.statusText,
+                                  headers: res.headers });
+  };
+  new MutationObserver((muts) => {
+    for (const m of muts) {
+      if (m.target.id === "job-progress") {
+        rec.bar.push(Number(m.target.getAttribute("aria-valuenow")));
+      }
+    }
+  }).observe(document, { subtree: true, attributes: true, attributeFilter: ["aria-valuenow"] });
+})();
+"""
+
+
+def _recorded(page: Any) -> dict[str, Any]:
+    """The page's record: SSE events, the progress percents they carried and the bar's values
+    (both without repeats), and whether the stream ended."""
+    rec = page.evaluate("() => window.__tivis")
+
+    def dedup(values: list[float]) -> list[float]:
+        return [v for i, v in enumerate(values) if i == 0 or v != values[i - 1]]
+
+    progress = [float(d["percent"]) for e, d in rec["events"] if e == "progress"]
+    return {
+        "events": rec["events"],
+        "progress": dedup(progress),
+        "bar": dedup([float(v) for v in rec["bar"]]),
+        "ended": any(e == "end" for e, _ in rec["events"]),
+    }
+
+
 def test_visualize_through_the_form(page: Any, live: LiveService, shots: Shots) -> None:
     """Submit on the tiny model, watch the bar move, see the image, toggle the inversion."""
+    page.add_init_script(_RECORDER)
     page.goto(live.url + "/")
     form = "#form-visualize"
     _pick_only_model(page, form, "tiny")
@@ -87,25 +148,32 @@ def test_visualize_through_the_form(page: Any, live: LiveService, shots: Shots) 
     page.wait_for_url(re.compile(r"#/jobs/[0-9a-f]+$"))
     job_id = page.url.rsplit("/", 1)[1]
 
-    # Watch the progress bar (fed by the SSE stream) until the job is done.
-    seen: list[float] = []
-    shot_mid = False
-    deadline = time.monotonic() + 180 * SLOW
-    while True:
-        status = page.locator("#job-status").inner_text()
-        value = float(page.locator("#job-progress").get_attribute("aria-valuenow") or 0)
-        if not seen or value != seen[-1]:
-            seen.append(value)
-        if 0 < value < 100 and not shot_mid and len(seen) >= 3:
-            shots("02-job-running")
-            shot_mid = True
-        if status in ("succeeded", "failed", "canceled"):
-            break
-        assert time.monotonic() < deadline, f"job still {status} after 180 s; bar saw {seen}"
-        page.wait_for_timeout(50)
+    # Wait on what the page observes, not on the clock: every event its SSE stream delivered and
+    # every value the bar took were recorded in the page (see _RECORDER), however slow the
+    # machine or this test's own polling.
+    page.wait_for_function(
+        """() => window.__tivis.bar.some(v => v > 0 && v < 100)
+                 || window.__tivis.events.some(([e]) => e === 'end')""",
+        timeout=180_000 * SLOW,
+    )
+    if not _recorded(page)["ended"]:
+        shots("02-job-running")
+    page.wait_for_function(
+        "() => window.__tivis.events.some(([e]) => e === 'end')", timeout=180_000 * SLOW
+    )
+    page.wait_for_function(
+        """() => ['succeeded', 'failed', 'canceled'].includes(
+                   document.querySelector('#job-status').innerText)"""
+    )
+    status = page.locator("#job-status").inner_text()
     assert status == "succeeded", live.job(job_id)
-    moving = [v for v in seen if 0 < v < 100]
-    assert len(moving) >= 2, f"the bar did not move through intermediate values: {seen}"
+    rec = _recorded(page)
+    seen, progress = rec["bar"], rec["progress"]
+    assert progress, f"no progress event reached the page: {rec['events']}"
+    events_mid = [p for p in progress if 0 < p < 100]
+    bar_mid = [v for v in seen if 0 < v < 100]
+    # the bar moved to every intermediate value the stream delivered, in order
+    assert [v for v in bar_mid if v in events_mid] == events_mid, (seen, progress)
     assert seen == sorted(seen), f"the bar went backwards: {seen}"
     assert seen[-1] == 100
     assert page.locator("#stat-round").inner_text().endswith(f"/ {ROUNDS + 1}")
