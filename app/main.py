@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
 
 import anyio
+import redis
 import redis.asyncio as aredis
 from celery import Celery
 from fastapi import Depends, FastAPI
@@ -22,11 +24,13 @@ from core.queue import (
     MessageTemplate,
     broker_prefix,
     celery_config,
+    queue_key,
     scratch_queue,
     send_template,
 )
+from core.reaper import Reaper, reap_every
 from core.settings import Settings, get_settings
-from core.store import AsyncJobStore
+from core.store import AsyncJobStore, JobStore
 
 STATIC = Path(__file__).parent / "static"
 
@@ -52,21 +56,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = aredis.Redis.from_url(cfg.redis_url, decode_responses=False)
         celery = Celery("tivis-api")
         celery.conf.update(celery_config(cfg))
-        template = None
-        if cfg.enqueue == "atomic":
-            template = await capture_template(client, celery, cfg)
+        template = await capture_template(client, celery, cfg)
         app.state.services = Services(
             settings=cfg,
             redis=client,
             store=AsyncJobStore(client, cfg.key_prefix, cfg.ttl_seconds),
             celery=celery,
-            template=template,
+            template=template if cfg.enqueue == "atomic" else None,
         )
+        # requeue (or cancel) the jobs of lost workers, even while no worker is alive
+        sync = redis.Redis.from_url(cfg.redis_url)
+        reaper = Reaper(JobStore(sync, cfg.key_prefix, cfg.ttl_seconds), queue_key(cfg),
+                        template.render)  # fmt: skip
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=reap_every, args=(reaper, cfg.heartbeat_seconds, stop), name="tivis-reaper",
+            daemon=True,
+        )  # fmt: skip
+        thread.start()
         try:
             yield
         finally:
+            stop.set()
             await client.aclose()
             celery.close()
+            sync.close()
 
     app = FastAPI(
         title="tivis",

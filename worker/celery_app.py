@@ -3,7 +3,7 @@
 Reliability settings come from ``core.queue.celery_config`` (late acks, requeue on a lost worker,
 prefetch 1, one job at a time, visibility timeout above the hard time limit). The main worker
 process publishes the model catalog into Redis and keeps a heartbeat, and each beat its reaper
-requeues the jobs of workers that stopped beating (``worker.reaper``); models are loaded lazily
+requeues the jobs of workers that stopped beating (``core.reaper``); models are loaded lazily
 once per pool process (after fork), see ``worker.tasks``. Pool processes die with the main one.
 """
 
@@ -23,9 +23,9 @@ from celery import Celery, signals
 
 from core.logs import configure_logging
 from core.queue import capture_template, celery_config, queue_key
+from core.reaper import Reaper
 from core.settings import get_settings
 from core.store import JobStore
-from worker.reaper import Reaper
 
 settings = get_settings()
 app = Celery("tivis", include=["worker.tasks"])

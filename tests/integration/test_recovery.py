@@ -1,8 +1,8 @@
 """Fast recovery of lost jobs (issue 9, defect 3): a job running on a worker that stopped beating
-is requeued (or canceled, if cancel was asked) by a live worker's reaper within seconds, exactly
-once, with the attempt counted, long before the broker's visibility timeout (1,960 s here) would
-redeliver it. Real Redis, real Celery worker processes, the real app in process; polling with
-deadlines, never sleeps."""
+is requeued (or canceled, if cancel was asked) by a reaper (in every worker and every API process)
+within seconds, exactly once, with the attempt counted, long before the broker's visibility
+timeout (1,960 s here) would redeliver it. Real Redis, real Celery worker processes, the real app
+in process; polling with deadlines, never sleeps."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from integration.test_service import LONG, QUICK, SLOW, Service, start_service
 
 from app.main import create_app
 from core.queue import queue_key
+from core.reaper import Reaper
 from core.store import JobStore
-from worker.reaper import Reaper
 
 pytestmark = pytest.mark.integration
 
@@ -152,13 +152,20 @@ def test_sigkill_worker_main_process_job_requeued_and_finished_once(lost: dict[s
     wait_for(lambda: all(_gone(p) for p in children), 10, "the pool process to die")
     unacked = store.r.hvals(f"{settings.key_prefix}:broker:unacked")
     assert len(unacked) == 1  # the broker would redeliver it only after 1,960 s
-    assert svc.job(job_id)["status"] == "running"
+    # no worker is alive: the API's reaper requeues the job (a new message waits in the queue)
+    job = svc.wait_status(job_id, {"queued"}, 60)
+    requeued_after = time.monotonic() - killed_at
+    assert job["attempts"] == 1 and store.r.llen(queue_key(settings)) == 1
     second = Worker(lost["env"], lost["tmp"] / "w2.log")
     svc.workers.append(second)
-    job = svc.wait_status(job_id, {"succeeded", "failed", "canceled"}, 90)
+    job = svc.wait_status(job_id, {"succeeded", "failed", "canceled"}, 180)
     took = time.monotonic() - killed_at
     assert job["status"] == "succeeded", job["error"]
-    assert took < 90 * SLOW, took
+    # requeued within seconds (the run itself and a new worker's start take what the machine
+    # takes; both are printed for the record)
+    print(f"requeued {requeued_after:.1f} s after the kill, succeeded after {took:.1f} s, "
+          f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
+    assert requeued_after < 60 * SLOW, requeued_after
     assert job["attempts"] == 2
     rec = store.get(job_id)
     assert (
@@ -210,7 +217,7 @@ def test_cancel_asked_before_the_worker_died_ends_canceled(lost: dict[str, Any])
         _kill_main(first)
     finally:
         first.kill()
-    second = Worker(lost["env"], lost["tmp"] / "w2.log")
-    svc.workers.append(second)
-    job = svc.wait_status(job_id, {"succeeded", "failed", "canceled"}, 90)
+    # no worker is left: the API's reaper ends it once the heartbeat has expired
+    job = svc.wait_status(job_id, {"succeeded", "failed", "canceled"}, 60)
     assert job["status"] == "canceled" and job["attempts"] == 1
+    assert svc.store.running_jobs() == {}

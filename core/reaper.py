@@ -1,7 +1,9 @@
 """Fast recovery of lost jobs: requeue (or cancel) the running jobs of workers that stopped
 beating, long before the broker's visibility timeout would redeliver them.
 
-Every worker's heartbeat thread runs a :class:`Reaper` pass each beat. A job is claimed only when
+Every worker's heartbeat thread runs a :class:`Reaper` pass each beat, and every API process
+runs one in a thread (:func:`reap_every`), so jobs are recovered, and canceled orphans end, even
+while no worker is alive. A job is claimed only when
 its worker's heartbeat key (three beats long) was gone on two passes in a row, and the claim is
 one Lua step (``JobStore.reap``) that checks again and pushes the new broker message itself, so
 of many reapers exactly one requeues a job, exactly once. The attempt that died stays counted;
@@ -13,6 +15,7 @@ a live worker, and does nothing once the job has finished.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 from core.store import JobStore
@@ -50,3 +53,12 @@ class Reaper:
                     extra={"job_id": job_id, "lost_worker": worker, "attempts": attempts},
                 )
         return claimed
+
+
+def reap_every(reaper: Reaper, seconds: float, stop: threading.Event) -> None:
+    """A reaper pass every ``seconds`` until ``stop`` is set (a thread's target)."""
+    while not stop.wait(seconds):
+        try:
+            reaper.sweep()
+        except Exception:
+            log.exception("reaper pass failed")
