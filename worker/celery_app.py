@@ -171,7 +171,8 @@ def _task_failure(
 @signals.worker_process_init.connect  # type: ignore[untyped-decorator]
 def _process_init(**_: Any) -> None:
     """In each pool process after fork: die with the main process (Linux), so a lost worker's
-    job never runs on beside its requeued attempt; fresh Redis connections and registry."""
+    job never runs on beside its requeued attempt; fresh Redis connections and registry, built
+    here rather than in the first task, so a job's time limit never counts the process's start."""
     from worker import tasks
 
     if sys.platform.startswith("linux"):
@@ -180,3 +181,4 @@ def _process_init(**_: Any) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
     tasks.reset_state()
+    tasks.state()
