@@ -7,12 +7,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import anyio
 import redis.asyncio as aredis
 from celery import Celery
 from fastapi import Depends, Request
 
 from app.catalog import Catalog
 from app.problems import Problem
+from core.modelstore import registered_catalog
 from core.queue import MessageTemplate
 from core.settings import Settings
 from core.store import AsyncJobStore
@@ -36,7 +38,11 @@ class Services:
         now = time.monotonic()
         ttl = self.settings.catalog_cache_seconds
         if fresh or self._catalog is None or now - self._catalog_at > ttl:
-            self._catalog = Catalog(await self.store.catalog())
+            raw = await self.store.catalog()
+            store = self.settings.model_store
+            registered = await anyio.to_thread.run_sync(registered_catalog, store)
+            self._catalog = Catalog({**raw, **{k: v for k, v in registered.items()
+                                               if k not in raw}})  # fmt: skip
             self._catalog_at = now
         return self._catalog
 
@@ -54,6 +60,7 @@ def require_api_key(request: Request, services: ServicesDep) -> None:
     keys = services.settings.api_key_set
     if not keys:
         return
+    keys = keys | services.settings.admin_key_set  # admin keys are API keys too
     given = request.headers.get("x-api-key")
     if given is None:
         auth = request.headers.get("authorization", "")

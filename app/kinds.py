@@ -62,4 +62,4 @@ def summary(kind: str, spec: dict[str, object]) -> dict[str, object]:
     targets = spec.get("targets")
     if targets is None and "target" in spec:
         targets = [spec["target"]]
-    return {"model": spec.get("model", spec.get("models")), "targets": targets}
+    return {"model": spec.get("model", spec.get("models", spec.get("ref"))), "targets": targets}

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
 
     # API
     api_keys: str = Field(default="", description="comma-separated API keys; empty: no auth")
+    admin_keys: str = Field(
+        default="",
+        description="comma-separated admin keys: they may register and delete models (and are "
+        "valid API keys); with API keys set and no admin key, nobody may",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     api_workers: int = Field(default=2, ge=1, le=64, description="uvicorn worker processes")
@@ -40,6 +45,14 @@ class Settings(BaseSettings):
     # Worker
     queue: str = "gpu"
     models_dir: Path | None = Field(default=None, description="custom TorchScript models")
+    model_store_dir: Path | None = Field(
+        default=None,
+        description="registered models (POST /models), a volume shared by the API and every "
+        "worker; default <data_dir>/models",
+    )
+    max_model_bytes: int = Field(
+        default=1024 * 1024 * 1024, ge=1, description="largest model file POST /models takes"
+    )
     weights_dir: Path | None = Field(default=None, description="extra torchvision weights folder")
     torch_home: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -84,6 +97,15 @@ class Settings(BaseSettings):
     @property
     def api_key_set(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    @property
+    def admin_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.admin_keys.split(",") if k.strip())
+
+    @property
+    def model_store(self) -> Path:
+        """Where registered models live: ``model_store_dir`` or ``<data_dir>/models``."""
+        return self.model_store_dir or self.data_dir / "models"
 
     @property
     def broker_url(self) -> str:

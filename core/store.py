@@ -15,6 +15,8 @@ Layout (``P`` = prefix):
 - ``P:jobs``                    sorted set: every job id by creation time (for listing)
 - ``P:idem:<key>``              string: ``<job id>|<body hash>`` of an ``Idempotency-Key``
 - ``P:catalog``                 hash: model name -> JSON {info, labels, worker, updated}
+- ``P:registrations``           hash: ``name@v`` -> JSON of a model registration (POST /models)
+- ``P:model-versions``          hash: model name -> last version number given out
 - ``P:worker:<name>``           string with a short TTL: a live worker's heartbeat
 - ``P:running``                 hash: job id -> name of the worker running it (for the reaper)
 - ``P:metrics:current``         hash: ``kind|status`` -> number of jobs now queued / running
@@ -251,6 +253,14 @@ class Keys:
     @property
     def catalog(self) -> str:
         return f"{self.prefix}:catalog"
+
+    @property
+    def registrations(self) -> str:
+        return f"{self.prefix}:registrations"
+
+    @property
+    def model_versions(self) -> str:
+        return f"{self.prefix}:model-versions"
 
     def worker(self, name: str) -> str:
         return f"{self.prefix}:worker:{name}"
@@ -530,6 +540,30 @@ class AsyncJobStore(_Base):
             "total": {_s(k) or "": int(v) for k, v in total.items()},
             "durations": durations,
         }
+
+    # -- model registrations (the files live in the model store, core.modelstore) ----------
+    async def next_model_version(self, name: str) -> int:
+        """A version number for ``name`` that no registration has had (atomic)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hincrby(self.keys.model_versions, name, 1)
+        pipe.expire(self.keys.model_versions, self.ttl)
+        n, _ = await pipe.execute()
+        return int(n)
+
+    async def save_registration(self, ref: str, entry: Mapping[str, Any]) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.keys.registrations, ref, json.dumps(entry))
+        pipe.expire(self.keys.registrations, self.ttl)
+        await pipe.execute()
+
+    async def registrations(self) -> dict[str, dict[str, Any]]:
+        raw = await self.r.hgetall(self.keys.registrations)
+        return {_s(k) or "": json.loads(v) for k, v in raw.items()}
+
+    async def drop_registrations(self, refs: Iterable[str]) -> None:
+        refs = list(refs)
+        if refs:
+            await self.r.hdel(self.keys.registrations, *refs)
 
 
 class JobStore(_Base):

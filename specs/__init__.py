@@ -285,5 +285,5 @@ class SweepSpec(OptimizeSpec):
         return v
 
 
-JobKind = Literal["visualize", "sweep", "classify", "screen"]
+JobKind = Literal["visualize", "sweep", "classify", "screen", "compare", "validate_model"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from specs import SweepSpec, VisualizeSpec
 from specs.classify import ClassifySpec, ScreenSpec
+from specs.models import CompareSpec, ValidateModelSpec
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class KindDef:
     path: str
     summary: str
     images: bool = False
+    internal: bool = False
+    """Queued by the service itself (no submit route; e.g. a registration's validation)."""
 
 
 KINDS: dict[str, KindDef] = {
@@ -46,5 +49,18 @@ KINDS: dict[str, KindDef] = {
         "/screen",
         "Screen rectangles of an image with each model's zero",
         images=True,
+    ),
+    "compare": KindDef(
+        "compare",
+        CompareSpec,
+        "/compare",
+        "Compare models: the models × targets grid and the cross-model matrix",
+    ),
+    "validate_model": KindDef(
+        "validate_model",
+        ValidateModelSpec,
+        "/models",
+        "Validate a registered model before it is listed",
+        internal=True,
     ),
 }

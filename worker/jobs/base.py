@@ -74,3 +74,22 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def model_versions(registry: Registry, spec: Any) -> dict[str, dict[str, str | None]]:
+    """The exact version and weights checksum of every model a spec names (``model``,
+    ``models``, ``judges``), as the job ran with them: ``{name: {version, sha256}}``."""
+    names: list[str] = []
+    for field_name in ("model", "models", "judges"):
+        value = getattr(spec, field_name, None)
+        if isinstance(value, str):
+            names.append(value)
+        elif isinstance(value, list | tuple):
+            names.extend(str(v) for v in value)
+    out: dict[str, dict[str, str | None]] = {}
+    for name in dict.fromkeys(names):
+        try:
+            out[name] = registry.provenance(name)
+        except ValueError:
+            continue
+    return out
