@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 
 from app.catalog import Catalog
 from app.problems import Problem
-from core.modelstore import registered_catalog
+from core.modelstore import registered_catalog, store_stamp
 from core.queue import MessageTemplate
 from core.settings import Settings
 from core.store import AsyncJobStore
@@ -31,13 +31,18 @@ class Services:
     template: MessageTemplate | None = None
     _catalog: Catalog | None = None
     _catalog_at: float = 0.0
+    _store_stamp: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     async def catalog(self, *, fresh: bool = False) -> Catalog:
         """The published catalog, cached for ``catalog_cache_seconds``."""
         now = time.monotonic()
         ttl = self.settings.catalog_cache_seconds
-        if fresh or self._catalog is None or now - self._catalog_at > ttl:
+        stamp = store_stamp(self.settings.model_store)  # a registration changed: read afresh
+        if fresh or self._catalog is None or now - self._catalog_at > ttl or (
+            stamp != self._store_stamp
+        ):
+            self._store_stamp = stamp
             raw = await self.store.catalog()
             store = self.settings.model_store
             registered = await anyio.to_thread.run_sync(registered_catalog, store)

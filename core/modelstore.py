@@ -113,6 +113,20 @@ def resolve(store: Path, name: str, *, pending: bool = False) -> Version | None:
     return latest_ready(store, name)
 
 
+def store_stamp(store: Path) -> int:
+    """Changes whenever a version appears, is removed or becomes ready (see :func:`touch`)."""
+    try:
+        return store.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
+def touch(store: Path) -> None:
+    """Mark the store changed (after a version became ready), for :func:`store_stamp`."""
+    with contextlib.suppress(FileNotFoundError):
+        os.utime(store)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` through a temporary file and a rename."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")

@@ -103,8 +103,8 @@ async def _registered(services: Services, name: str) -> dict[str, Any] | None:
             if status in ("failed", "canceled") or (status == "succeeded" and version is None):
                 view["status"] = "failed"
                 view["error"] = (job or {}).get("error") or {"message": "validation did not end"}
-            elif version is None:
-                continue  # deleted
+            elif version is None and status not in ("queued", "running"):
+                continue  # deleted, or its record expired
         for key in ("sha256", "format", "size", "created_at", "job", "metadata"):
             if key in rec:
                 view[key] = rec[key]

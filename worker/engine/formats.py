@@ -73,6 +73,22 @@ def _weights_only() -> Iterator[None]:
             _package.pickle = saved_pickle  # type: ignore[attr-defined]
 
 
+class Exported(nn.Module):
+    """An exported program's module as a plain module: ``train``/``eval`` (which exported
+    modules refuse) only set the flag here; the program's graph is fixed at export."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def train(self, mode: bool = True) -> Exported:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # type: ignore[no-any-return]
+
+
 class ChunkedBatch(nn.Module):
     """Runs a network exported for a fixed batch size ``batch`` on any batch: chunks of
     ``batch`` (the last one padded with copies of its first image, the padding dropped)."""
@@ -161,7 +177,7 @@ def load_network(
         if fmt == "export":
             with _weights_only():
                 program = torch.export.load(str(path))
-            net: nn.Module = program.module()
+            net: nn.Module = Exported(program.module())
             batch = _static_batch(program)
             return ChunkedBatch(net, batch) if batch is not None else net
         if fmt == "torchscript":

@@ -128,6 +128,7 @@ def run_validate_model(spec: ValidateModelSpec, ctx: JobContext) -> JobOutput:
         "labels": list(info.labels),
     }
     modelstore.write_json_atomic(version.path / modelstore.READY, ready)
+    modelstore.touch(store)
     result = {
         "kind": "validate_model",
         "model": spec.ref,
