@@ -731,9 +731,55 @@ function screenForm() {
   );
 }
 
+/** Compare models: every model visualizes every target; every model classifies every result. */
+function compareForm() {
+  const models = modelPicker("compare-models");
+  const targets = classPicker(() => models.values()[0]);
+  const method = h("select", { name: "method" });
+  methods().then((ms) => {
+    for (const m of ms) method.append(h("option", { value: m, selected: m === "invariant+" }, m));
+  });
+  const schedule = scheduleEditor();
+  const seed = numberInput("seed", 0, { min: 0 });
+  const adv = advancedOptimizer();
+  const build = () => {
+    const body = {
+      models: models.values(),
+      targets: targets.values(),
+      method: method.value,
+      seed: Number(seed.value || 0),
+    };
+    if (method.value !== "invariant+") body.schedule = schedule.values();
+    adv.apply(body);
+    return body;
+  };
+  const row = submitRow("Compare", "/compare", build);
+  // every published model starts checked (a comparison needs two or more)
+  catalog().then(() => $$("input", models.el).forEach((i) => (i.checked = true))).catch(() => {});
+  return h(
+    "form#form-compare.job-form",
+    {
+      novalidate: true,
+      on: {
+        submit: (e) => {
+          e.preventDefault();
+          submitJob(row, "/compare", () => api.post("/compare", build()));
+        },
+      },
+    },
+    h("p.form-intro", "Each model visualizes each class (the model × target grid, with each model's zero color), then every model classifies every visualization: the cross-model matrix of the target's probability and rank (paper Figures 5 and 6)."),
+    field("Models", models.el, "two to four"),
+    field("Target classes", targets.el, "type to search; Enter picks"),
+    h("div.grid-2", field("Method", method), field("Seed", seed)),
+    h("details.advanced", h("summary", "Schedule and optimizer"), field("Schedule", schedule.el, "ignored by invariant+ (its own rounds)"), adv.el),
+    row.el,
+  );
+}
+
 export const FORMS = [
   { id: "visualize", label: "Visualize", make: visualizeForm },
   { id: "sweep", label: "Sweep", make: sweepForm },
   { id: "classify", label: "Classify", make: classifyForm },
   { id: "screen", label: "Screen", make: screenForm },
+  { id: "compare", label: "Compare", make: compareForm },
 ];

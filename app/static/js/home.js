@@ -4,7 +4,7 @@ import { FORMS } from "./forms.js";
 import { h, $, $$, clear, age, listText, statusBadge, progressBar, errorBox, toast } from "./ui.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "canceled"];
-const KINDS = ["visualize", "sweep", "classify", "screen"];
+const KINDS = ["visualize", "sweep", "classify", "screen", "compare", "validate_model"];
 const POLL_MS = 1500;
 
 let formCache = null; // keep the forms (and what was typed) across views

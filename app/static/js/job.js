@@ -6,7 +6,7 @@ import {
 } from "./ui.js";
 import { readinessState } from "./readiness.js";
 
-const SUBMIT_PATH = { visualize: "/visualize", sweep: "/entropy-sweep", classify: "/classify", screen: "/screen" };
+const SUBMIT_PATH = { visualize: "/visualize", sweep: "/entropy-sweep", classify: "/classify", screen: "/screen", compare: "/compare" };
 const LIVE = new Set(["queued", "running"]);
 
 /** <img> whose source is fetched with the API key; "src" set when loaded. */
@@ -233,6 +233,49 @@ function panelCard(res, title) {
 function fittedText(f) {
   if (!f) return "";
   return `resized to ${f.resized_width}×${f.resized_height}, crop ${f.crop_size}² at (${f.crop_left}, ${f.crop_top})`;
+}
+
+/** A color swatch for a pixel-space color (0..255). */
+function swatch(rgb) {
+  const [r, g, b] = (rgb || [0, 0, 0]).map((v) => Math.round(Number(v)));
+  return h("span.swatch", { title: `rgb(${r}, ${g}, ${b})`, style: `display:inline-block;width:1em;height:1em;vertical-align:middle;border:1px solid #888;margin-right:.4em;background:rgb(${r},${g},${b})` });
+}
+
+/** Compare: the grid, the matrix image, the models (zero color, version) and every cell. */
+function compareResult(job) {
+  const res = job.result || {};
+  const base = `/jobs/${job.id}/artifacts/`;
+  const models = res.models || [];
+  const mean = (res.matrix || {}).mean_p || [];
+  const cells = (res.matrix || {}).cells || [];
+  const names = models.map((m) => m.name);
+  return [
+    h(
+      "section.card#compare-grid",
+      h("div.card-head", h("h2", "Model × target grid"), artifactLink(job, "grid.png", "download grid.png")),
+      h("div.card-body.center.scroll-x", artifactImg(base + "grid.png", "model × target grid", ".grid-image")),
+    ),
+    h(
+      "section.card#compare-matrix",
+      h("div.card-head", h("h2", "Cross-model matrix"), artifactLink(job, "matrix.png", "download matrix.png"), artifactLink(job, "compare.json", "compare.json")),
+      h("div.card-body.scroll-x", artifactImg(base + "matrix.png", "cross-model matrix", ".wide-image.matrix-image")),
+      h(
+        "div.card-body",
+        h("h3", "Mean target probability (rows: image made by; columns: classified by)"),
+        table(["made by", ...names], mean.map((row, i) => [h("span", swatch(models[i]?.zero), names[i]), ...row.map((p) => (p === null ? "n/a" : probBar(p)))]), ".matrix-table"),
+      ),
+    ),
+    h(
+      "section.card#compare-models",
+      h("div.card-head", h("h2", "Models")),
+      h("div.card-body", table(["model", "zero color", "input", "version", "sha256"], models.map((m) => [m.name, h("span", swatch(m.zero), (m.zero || []).map((v) => Math.round(v)).join(", ")), `${m.input_size} px`, m.version, h("code", (m.sha256 || "").slice(0, 12))]))),
+    ),
+    h(
+      "section.card#compare-cells",
+      h("div.card-head", h("h2", "Every visualization under every model")),
+      h("div.card-body.scroll-x", table(["made by", "classified by", "target", "p(target)", "rank", "top-1"], cells.map((c) => [c.made_by, c.classified_by, c.target, c.p === null ? "n/a" : probBar(c.p), c.rank ?? "n/a", c.top1]), ".cells-table")),
+    ),
+  ];
 }
 
 /** Classify: the panel, then per image a top-k table per model. */
@@ -502,6 +545,7 @@ export function renderJob(root, jobId) {
         } else if (job.kind === "sweep") results.append(...sweepResult(job));
         else if (job.kind === "classify") results.append(...classifyResult(job));
         else if (job.kind === "screen") results.append(...screenResult(job));
+        else if (job.kind === "compare") results.append(...compareResult(job));
         else results.append(...genericResult(job));
       } catch (err) {
         results.append(errorBox(err, "Could not show this result"), ...genericResult(job));
