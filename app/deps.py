@@ -39,8 +39,11 @@ class Services:
         now = time.monotonic()
         ttl = self.settings.catalog_cache_seconds
         stamp = store_stamp(self.settings.model_store)  # a registration changed: read afresh
-        if fresh or self._catalog is None or now - self._catalog_at > ttl or (
-            stamp != self._store_stamp
+        if (
+            fresh
+            or self._catalog is None
+            or now - self._catalog_at > ttl
+            or (stamp != self._store_stamp)
         ):
             self._store_stamp = stamp
             raw = await self.store.catalog()

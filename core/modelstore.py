@@ -218,9 +218,9 @@ def pickle_globals(data: bytes) -> list[tuple[str, str]]:
         elif name in ("MEMOIZE",):
             memo[len(memo)] = last
         elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[int(arg)] = last
+            memo[int(str(arg))] = last
         elif name in ("GET", "BINGET", "LONG_BINGET"):
-            value = memo.get(int(arg))
+            value = memo.get(int(str(arg)))
             if isinstance(value, str):
                 strings.append(value)
             last = value
@@ -284,12 +284,13 @@ def _check_zip(path: Path, fmt: str) -> None:
                         "this zip holds no serialized program"
                     )
                 _check_export_pickles(zf, names)
-            elif fmt == "torchscript":
-                if not any(n.endswith("constants.pkl") or "/code/" in n for n in names):
-                    raise FileRejected(
-                        "a .pt file must be a TorchScript module (torch.jit.save); this zip "
-                        "holds no TorchScript code"
-                    )
+            elif fmt == "torchscript" and not any(
+                n.endswith("constants.pkl") or "/code/" in n for n in names
+            ):
+                raise FileRejected(
+                    "a .pt file must be a TorchScript module (torch.jit.save); this zip "
+                    "holds no TorchScript code"
+                )
     except zipfile.BadZipFile as exc:
         raise FileRejected(f"the file is not a valid zip archive: {exc}") from exc
 

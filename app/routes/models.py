@@ -94,8 +94,8 @@ async def _registered(services: Services, name: str) -> dict[str, Any] | None:
             ready = await anyio.to_thread.run_sync(version.ready_info)
             if ready is not None:
                 view["status"] = "ready"
-                view["validation"] = {k: ready.get(k) for k in
-                                      ("step_seconds", "outputs", "device", "validated_at")}  # fmt: skip
+                keys = ("step_seconds", "outputs", "device", "validated_at")
+                view["validation"] = {k: ready.get(k) for k in keys}
                 view["info"] = ready.get("info")
         job = await services.store.get(str(rec["job"])) if rec.get("job") else None
         if view["status"] != "ready":
@@ -117,8 +117,8 @@ async def _registered(services: Services, name: str) -> dict[str, Any] | None:
             return None
         current = chosen[0]
     else:
-        ready = [v for v in views if v["status"] == "ready"]
-        current = ready[-1] if ready else views[-1]
+        usable = [v for v in views if v["status"] == "ready"]
+        current = usable[-1] if usable else views[-1]
     out: dict[str, Any] = {
         **(current.get("info") or {}),
         "name": name,

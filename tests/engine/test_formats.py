@@ -26,9 +26,11 @@ def put(store: Path, ref: str, fmt: str, make, **meta: object) -> str:  # type: 
     d.mkdir(parents=True)
     path = make(d / FILE_NAMES[fmt])  # type: ignore[index]
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    entry = {"name": ref.split("@")[0], "version": int(ref.split("@")[1]), "ref": ref,
-             "format": fmt, "file": FILE_NAMES[fmt], "sha256": sha, "size": path.stat().st_size,
-             "metadata": ModelMetadata(**mf.metadata(ref.split("@")[0], **meta)).model_dump(mode="json")}  # type: ignore[arg-type]  # fmt: skip
+    name, version = ref.split("@")
+    metadata = ModelMetadata(**mf.metadata(name, **meta))  # type: ignore[arg-type]
+    entry = {"name": name, "version": int(version), "ref": ref, "format": fmt,
+             "file": FILE_NAMES[fmt], "sha256": sha, "size": path.stat().st_size,
+             "metadata": metadata.model_dump(mode="json")}  # fmt: skip
     (d / "meta.json").write_text(json.dumps(entry))
     return sha
 
@@ -84,7 +86,7 @@ def test_pickled_objects_are_never_unpickled(tmp_path: Path) -> None:
     path = mf.pickle_payload(tmp_path / "e.pth")
     with pytest.raises(ModelFileError, match="weights-only"):
         load_network(path, "state_dict", architecture="squeezenet1_1", num_classes=10)
-    with pytest.raises(modelstore.FileRejected, match="posix.system|os.system"):
+    with pytest.raises(modelstore.FileRejected, match=r"posix\.system|os\.system"):
         modelstore.check_file(path, "state_dict", path.stat().st_size)
     assert not marker.exists()
 
@@ -140,11 +142,11 @@ def test_file_checks_without_torch(tmp_path: Path) -> None:
     for path, fmt in ((pt2, "export"), (pt, "torchscript"), (pth, "state_dict"),
                       (st, "safetensors")):  # fmt: skip
         modelstore.check_file(path, fmt, path.stat().st_size)
-    with pytest.raises(modelstore.FileRejected, match="torch.export program"):
+    with pytest.raises(modelstore.FileRejected, match=r"torch\.export program"):
         modelstore.check_file(pth, "export", pth.stat().st_size)
     with pytest.raises(modelstore.FileRejected, match="TorchScript"):
         modelstore.check_file(pth, "torchscript", pth.stat().st_size)
-    with pytest.raises(modelstore.FileRejected, match="one data.pkl"):
+    with pytest.raises(modelstore.FileRejected, match=r"one data\.pkl"):
         modelstore.check_file(pt2, "state_dict", pt2.stat().st_size)
     with pytest.raises(modelstore.FileRejected, match="zip"):
         modelstore.check_file(st, "state_dict", st.stat().st_size)

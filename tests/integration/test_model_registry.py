@@ -85,7 +85,9 @@ def listed(service: Service) -> set[str]:
 
 def nothing_stored(store_dir: Path, name: str) -> None:
     left = [p.name for p in store_dir.iterdir() if p.name.startswith(f"{name}@")]
-    incoming = list((store_dir / ".incoming").iterdir()) if (store_dir / ".incoming").is_dir() else []
+    incoming = (
+        list((store_dir / ".incoming").iterdir()) if (store_dir / ".incoming").is_dir() else []
+    )
     assert left == [] and incoming == [], (left, incoming)
 
 
@@ -147,9 +149,10 @@ def test_refused_before_anything_is_stored(
 ) -> None:
     c = service.c
     pth = mf.state_dict(tmp_path / "ok.pth")
+    payload = mf.pickle_payload(tmp_path / "e.pth").read_bytes()
     cases: list[tuple[str, bytes, str, dict[str, Any] | str, int, str]] = [
-        ("pickle payload disguised as a state dict", mf.pickle_payload(tmp_path / "e.pth").read_bytes(),
-         "weights.pth", mf.metadata("bad-pickle", architecture="squeezenet1_1"), 422, "posix.system"),
+        ("pickle payload disguised as a state dict", payload, "weights.pth",
+         mf.metadata("bad-pickle", architecture="squeezenet1_1"), 422, "posix.system"),
         ("a PNG named .pt2", mf.png_bytes(), "model.pt2", mf.metadata("bad-format"), 422,
          "must be a zip archive"),
         ("a state dict named .pt2", pth.read_bytes(), "model.pt2", mf.metadata("bad-format2"),
@@ -192,11 +195,19 @@ def test_refused_before_anything_is_stored(
 @pytest.mark.parametrize(
     "what,make,meta,says",
     [
-        ("output size is not the number of labels", lambda p: mf.torchscript(p, mf.tiny_net(7)),
-         {}, "gives 7 logits per image but the metadata lists 10 labels"),
+        (
+            "output size is not the number of labels",
+            lambda p: mf.torchscript(p, mf.tiny_net(7)),
+            {},
+            "gives 7 logits per image but the metadata lists 10 labels",
+        ),
         ("NaN outputs", mf.nan_model, {}, "not finite"),
-        ("imagenet labels on a 10-class model", lambda p: mf.torchscript(p),
-         {"labels": "imagenet"}, "gives 10 logits per image but the metadata lists 1000"),
+        (
+            "imagenet labels on a 10-class model",
+            lambda p: mf.torchscript(p),
+            {"labels": "imagenet"},
+            "gives 10 logits per image but the metadata lists 1000",
+        ),
     ],
 )
 def test_failed_validation_leaves_nothing(

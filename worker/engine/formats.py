@@ -63,14 +63,14 @@ def _weights_only() -> Iterator[None]:
         return original(*args, **kwargs)
 
     saved_pickle = getattr(_package, "pickle", None)
-    torch.load = load  # type: ignore[assignment]
-    _package.pickle = _RefusePickle()  # type: ignore[attr-defined]
+    torch.load = load
+    setattr(_package, "pickle", _RefusePickle())  # noqa: B010 (a module global, for one load)
     try:
         yield
     finally:
         torch.load = original
         if saved_pickle is not None:
-            _package.pickle = saved_pickle  # type: ignore[attr-defined]
+            setattr(_package, "pickle", saved_pickle)  # noqa: B010
 
 
 class Exported(nn.Module):
@@ -130,7 +130,7 @@ def _state_dict(obj: Any) -> dict[str, torch.Tensor]:
     """The tensors of a loaded state dict (also under ``state_dict`` / ``model``; a
     ``module.`` prefix of DataParallel removed)."""
     if isinstance(obj, dict) and len(obj) == 1:
-        (key, inner), = obj.items()
+        ((key, inner),) = obj.items()
         if key in ("state_dict", "model") and isinstance(inner, dict):
             obj = inner
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

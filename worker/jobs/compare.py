@@ -49,14 +49,18 @@ def cross_classify(
         p = probs[i]
         vals, idx = p.topk(min(top_k, p.shape[0]))
         labels = judge.info.labels
-        top = [{"index": int(c), "label": labels[int(c)], "p": float(v)} for v, c in zip(vals, idx, strict=True)]  # fmt: skip
+        top = [
+            {"index": int(c), "label": labels[int(c)], "p": float(v)}
+            for v, c in zip(vals, idx, strict=True)
+        ]
         try:
             t = judge.info.resolve_target(target)
         except ValueError:
             out.append({"target_index": None, "p": None, "rank": None, "top": top})
             continue
         rank = int((p > p[t]).sum()) + 1
-        out.append({"target_index": t, "p": float(p[t]), "rank": rank, "top": top})
+        cell: dict[str, Any] = {"target_index": t, "p": float(p[t]), "rank": rank, "top": top}
+        out.append(cell)
     return out
 
 

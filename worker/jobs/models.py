@@ -64,7 +64,7 @@ def check_model(model: LoadedModel, steps: int = 3) -> dict[str, Any]:
     xg = (zero + noise).clamp(0, 255).requires_grad_(True)
     try:
         out = model(xg)
-        out.float().logsumexp(dim=1).sum().backward()
+        out.float().logsumexp(dim=1).sum().backward()  # type: ignore[no-untyped-call]
     except Exception as exc:
         raise ModelInvalid(
             f"the backward pass failed: {type(exc).__name__}: {str(exc)[:500]}"
@@ -79,7 +79,7 @@ def check_model(model: LoadedModel, steps: int = 3) -> dict[str, Any]:
     for _ in range(steps):
         xs = (zero + noise).clamp(0, 255).requires_grad_(True)
         t0 = time.perf_counter()
-        model(xs).float()[:, 0].sum().backward()
+        model(xs).float()[:, 0].sum().backward()  # type: ignore[no-untyped-call]
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         times.append(time.perf_counter() - t0)
