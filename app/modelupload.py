@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
@@ -173,8 +174,8 @@ async def read_model_body(request: Request, folder: Path, max_bytes: int) -> Mod
             total += len(chunk)
             if total > limit:
                 raise BodyRejected(413, f"request body over the limit of {limit} bytes", "body")
-            if chunk:
-                parser.write(chunk)
+            if chunk:  # hashing and writing to disk off the event loop
+                await anyio.to_thread.run_sync(parser.write, chunk)
         parser.finalize()
     except BodyRejected:
         raise
