@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -13,6 +12,8 @@ from celery import Celery
 from fastapi import Depends, Request
 
 from app.catalog import Catalog
+from app.events import EventHub
+from app.guard import ANONYMOUS, PRINCIPAL, Principal
 from app.problems import Problem
 from core.modelstore import registered_catalog, store_stamp
 from core.queue import MessageTemplate
@@ -28,6 +29,7 @@ class Services:
     redis: aredis.Redis
     store: AsyncJobStore
     celery: Celery
+    events: EventHub
     template: MessageTemplate | None = None
     _catalog: Catalog | None = None
     _catalog_at: float = 0.0
@@ -63,24 +65,15 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def require_api_key(request: Request, services: ServicesDep) -> None:
-    """When ``TIVIS_API_KEYS`` is set: ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``."""
-    keys = services.settings.api_key_set
-    if not keys:
-        return
-    keys = keys | services.settings.admin_key_set  # admin keys are API keys too
-    given = request.headers.get("x-api-key")
-    if given is None:
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        given = token.strip() if scheme.lower() == "bearer" else None
-    if given and any(hmac.compare_digest(given, k) for k in keys):
-        return
-    raise Problem(
-        401,
-        "unauthorized",
-        "an API key is required: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'"
-        if not given
-        else "the API key is not valid",
-        headers={"WWW-Authenticate": 'Bearer realm="tivis"'},
-    )
+def require_api_key(request: Request, services: ServicesDep) -> Principal:
+    """Who is asking. :class:`app.guard.Guard` checked the key (``X-API-Key: <key>`` or
+    ``Authorization: Bearer <key>``, when ``TIVIS_API_KEYS`` is set) before the body was read."""
+    principal = request.scope.get(PRINCIPAL)
+    if isinstance(principal, Principal):
+        return principal
+    if services.settings.api_key_set or services.settings.admin_key_set:
+        raise Problem(401, "unauthorized", "an API key is required")  # no Guard in front
+    return ANONYMOUS
+
+
+PrincipalDep = Annotated[Principal, Depends(require_api_key)]

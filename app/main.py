@@ -18,6 +18,8 @@ from fastapi.staticfiles import StaticFiles
 
 from app import problems
 from app.deps import Services, require_api_key
+from app.events import EventHub
+from app.guard import Guard
 from app.routes import classify, health, jobs, models, submit
 from core.logs import configure_logging
 from core.queue import (
@@ -53,15 +55,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = aredis.Redis.from_url(cfg.redis_url, decode_responses=False)
+        # Requests share a bounded pool (a burst waits for a connection instead of failing);
+        # event streams hold none of it: the hub reads for all of them on a client of its own.
+        pool = aredis.BlockingConnectionPool.from_url(
+            cfg.redis_url, max_connections=cfg.redis_max_connections, timeout=10
+        )
+        client = aredis.Redis(connection_pool=pool)
+        events_client = aredis.Redis.from_url(cfg.redis_url, max_connections=2)
         celery = Celery("tivis-api")
         celery.conf.update(celery_config(cfg))
         template = await capture_template(client, celery, cfg)
+        store = AsyncJobStore(client, cfg.key_prefix, cfg.ttl_seconds)
+        events = EventHub(
+            AsyncJobStore(events_client, cfg.key_prefix, cfg.ttl_seconds),
+            cfg.max_event_streams,
+            cfg.events_poll_seconds,
+        )
+        events.start()
         app.state.services = Services(
             settings=cfg,
             redis=client,
-            store=AsyncJobStore(client, cfg.key_prefix, cfg.ttl_seconds),
+            store=store,
             celery=celery,
+            events=events,
             template=template if cfg.enqueue == "atomic" else None,
         )
         # requeue (or cancel) the jobs of lost workers, even while no worker is alive
@@ -78,7 +94,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             stop.set()
+            await events.stop()
+            await events_client.aclose()
             await client.aclose()
+            await pool.disconnect()
             celery.close()
             sync.close()
 
@@ -89,12 +108,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
+    app.add_middleware(Guard, settings=cfg)
     secured = [Depends(require_api_key)]
+    json_limit = cfg.max_json_bytes
     app.include_router(health.router)
     app.include_router(models.router, dependencies=secured)
-    app.include_router(submit.router, dependencies=secured)
+    app.include_router(submit.router, dependencies=secured, max_body_size=json_limit)
     app.include_router(classify.router, dependencies=secured)
-    app.include_router(jobs.router, dependencies=secured)
+    app.include_router(jobs.router, dependencies=secured, max_body_size=json_limit)
 
     base_openapi = app.openapi
 

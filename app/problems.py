@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
@@ -68,6 +69,11 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
+def new_error_id() -> str:
+    """An id that ties a generic error answer to its log line."""
+    return uuid.uuid4().hex[:16]
+
+
 def field_name(loc: Sequence[int | str]) -> str:
     """``("body", "optimizer", "lr")`` -> ``optimizer.lr``; list indexes as ``targets[0]``."""
     parts = list(loc)
@@ -119,17 +125,26 @@ def install(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        kind = {404: "not-found", 405: "method-not-allowed", 408: "body-timeout",
+                413: "body-too-large"}.get(exc.status_code, "http-error")  # fmt: skip
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route {request.method} {request.url.path}"
+        if exc.status_code == 413 and detail == "Content Too Large":
+            services = getattr(request.app.state, "services", None)
+            limit = services.settings.max_json_bytes if services is not None else None
+            detail = f"the request body is over the limit of {limit} bytes (TIVIS_MAX_JSON_BYTES)"
         return problem_response(
             request, exc.status_code, kind, detail, headers=getattr(exc, "headers", None)
         )
 
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", extra={"path": request.url.path})
-        return problem_response(request, 500, "internal", f"{type(exc).__name__}: {exc}")
+        error_id = new_error_id()
+        log.exception("unhandled error", extra={"path": request.url.path, "error_id": error_id})
+        return problem_response(
+            request, 500, "internal", f"internal error; the server log has it as {error_id}",
+            error_id=error_id,
+        )  # fmt: skip
 
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
 FILES_FIELD = "images"
@@ -210,7 +211,7 @@ async def read_body(request: Request, *, max_file_bytes: int, max_files: int) ->
                 parser.write(chunk)
         parser.finalize()
         return collector.body
-    except BodyRejected:
+    except (BodyRejected, HTTPException):  # HTTPException: the body's deadline (408)
         raise
     except ClientDisconnect as exc:
         raise BodyRejected(400, "the client disconnected before the body ended", "body") from exc

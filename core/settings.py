@@ -28,8 +28,9 @@ class Settings(BaseSettings):
     api_keys: str = Field(default="", description="comma-separated API keys; empty: no auth")
     admin_keys: str = Field(
         default="",
-        description="comma-separated admin keys: they may register and delete models (and are "
-        "valid API keys); with API keys set and no admin key, nobody may",
+        description="comma-separated admin keys: they may register and delete models, see and "
+        "cancel every key's jobs (and are valid API keys); with API keys set and no admin key, "
+        "nobody may",
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -72,6 +73,24 @@ class Settings(BaseSettings):
     # Uploads (issue 4)
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_upload_pixels: int = Field(default=40_000_000, ge=1)
+
+    # Defenses (issue 9: connection limits, body limits, key scoping)
+    max_queued_per_key: int = Field(
+        default=1000, ge=0, description="queued jobs one API key may have (0: no limit)"
+    )
+    redis_max_connections: int = Field(
+        default=64, ge=2, le=10_000, description="Redis connections per API process (requests)"
+    )
+    max_event_streams: int = Field(
+        default=1000, ge=0, le=100_000, description="open event streams per API process"
+    )
+    events_poll_seconds: float = Field(default=0.2, gt=0.0, le=10.0)
+    max_json_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="largest JSON request body (413 above)"
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0, gt=0.0, description="a request body must arrive within this (408)"
+    )
 
     # Embedded run
     data_dir: Path = Field(default=Path(".tivis"), description="embedded Redis data and socket")

@@ -14,6 +14,8 @@ Layout (``P`` = prefix):
 - ``P:job:<id>:staging:<n>``    hash: artifacts of attempt ``n`` until it succeeds
 - ``P:jobs``                    sorted set: every job id by creation time (for listing)
 - ``P:idem:<key>``              string: ``<job id>|<body hash>`` of an ``Idempotency-Key``
+  (the API scopes the key to the API key that sent it)
+- ``P:owner:<hash>:queued``     sorted set: queued job ids of one API key (its queue limit)
 - ``P:catalog``                 hash: model name -> JSON {info, labels, worker, updated}
 - ``P:registrations``           hash: ``name@v`` -> JSON of a model registration (POST /models)
 - ``P:model-versions``          hash: model name -> last version number given out
@@ -29,6 +31,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -216,6 +219,28 @@ return {'requeued', n}
 )
 
 
+# Admit one more queued job of an API key (``TIVIS_MAX_QUEUED_PER_KEY``) and reserve its place.
+# KEYS: the key's set of queued job ids; ARGV: job key prefix, limit, job id, score, ttl.
+# Only when the set is full are its jobs that left ``queued`` (or expired) dropped from it, so
+# a submission costs O(1) until a key sits at its limit. Returns the count, or -1: over.
+_ADMIT = """
+local limit = tonumber(ARGV[2])
+local n = redis.call('ZCARD', KEYS[1])
+if n >= limit then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    if redis.call('HGET', ARGV[1] .. id, 'status') ~= 'queued' then
+      redis.call('ZREM', KEYS[1], id)
+    end
+  end
+  n = redis.call('ZCARD', KEYS[1])
+  if n >= limit then return -1 end
+end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return n + 1
+"""
+
+
 class IdempotencyConflict(Exception):
     """An ``Idempotency-Key`` reused with a different request body."""
 
@@ -249,6 +274,10 @@ class Keys:
     def idem(self, key: str) -> str:
         digest = hashlib.sha256(key.encode()).hexdigest()
         return f"{self.prefix}:idem:{digest}"
+
+    def owner_queued(self, owner: str) -> str:
+        """Sorted set: the queued jobs of one API key (by the key's hash), for its limit."""
+        return f"{self.prefix}:owner:{owner}:queued"
 
     @property
     def catalog(self) -> str:
@@ -330,9 +359,12 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         pad = "=" * (-len(cursor) % 4)
         score, job_id = base64.urlsafe_b64decode(cursor + pad).decode().split("|", 1)
-        return float(score), job_id
+        value = float(score)
     except Exception as exc:
         raise ValueError("not a cursor returned by GET /jobs") from exc
+    if not math.isfinite(value):
+        raise ValueError("not a cursor returned by GET /jobs")
+    return value, job_id
 
 
 def _flatten(fields: Mapping[str, Any]) -> list[str]:
@@ -401,6 +433,14 @@ class AsyncJobStore(_Base):
         self.r = client
         self._create = client.register_script(_CREATE)
         self._cancel = client.register_script(_CANCEL)
+        self._admit = client.register_script(_ADMIT)
+
+    async def admit(self, owner: str, job_id: str, limit: int) -> bool:
+        """Reserve a place for ``job_id`` among ``owner``'s queued jobs; False when it already
+        has ``limit`` queued jobs (see ``_ADMIT``)."""
+        keys = [self.keys.owner_queued(owner)]
+        args: list[str | int] = [self.keys.job(""), limit, job_id, repr(time.time()), self.ttl]
+        return int(cast(int, await self._admit(keys=keys, args=args))) >= 0
 
     async def create(
         self,
@@ -450,8 +490,10 @@ class AsyncJobStore(_Base):
         status: Iterable[str] | None = None,
         kind: Iterable[str] | None = None,
         max_scan: int = 5000,
+        owner: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Newest first; ``(records, next cursor or None)``. Expired records are dropped."""
+        """Newest first; ``(records, next cursor or None)``. Expired records are dropped;
+        with ``owner``, only the jobs whose record names that owner."""
         want_status = set(status or ())
         want_kind = set(kind or ())
         hi: str = "+inf"
@@ -493,6 +535,8 @@ class AsyncJobStore(_Base):
                 if want_status and rec["status"] not in want_status:
                     continue
                 if want_kind and rec["kind"] not in want_kind:
+                    continue
+                if owner is not None and rec.get("owner") != owner:
                     continue
                 rec["_score"] = score
                 out.append(rec)

@@ -15,7 +15,8 @@ import anyio
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
-from app.deps import ServicesDep
+from app.deps import PrincipalDep, ServicesDep
+from app.guard import Principal
 from app.kinds import KINDS, KindDef
 from app.problems import Problem, validation_errors
 from app.routes.submit import IdemKey, JobAccepted, queue_job, require_catalog
@@ -60,13 +61,17 @@ def _parse_spec(kind: KindDef, text: str | None) -> ClassifySpec | ScreenSpec:
 
 
 async def _check_ref(
-    services: ServicesDep, ref: ArtifactRef, field: str, spec: ClassifySpec | ScreenSpec
+    services: ServicesDep,
+    ref: ArtifactRef,
+    field: str,
+    spec: ClassifySpec | ScreenSpec,
+    principal: Principal,
 ) -> None:
-    """The referenced job finished and has ``ref.artifact`` as a PNG; for a screen, the
-    rectangles lie inside it."""
+    """The referenced job (one the caller may see) finished and has ``ref.artifact`` as a PNG;
+    for a screen, the rectangles lie inside it."""
     store = services.store
     rec = await store.get(ref.job)
-    if rec is None:
+    if rec is None or not principal.sees(rec):
         raise _reject(422, f"no job {ref.job!r} (unknown, or expired)", field, "unknown-artifact")
     if rec["status"] != "succeeded":
         raise _reject(
@@ -103,7 +108,12 @@ async def _check_ref(
 
 
 async def submit_with_images(
-    request: Request, response: Response, services: ServicesDep, kind: KindDef, idem: str | None
+    request: Request,
+    response: Response,
+    services: ServicesDep,
+    kind: KindDef,
+    idem: str | None,
+    principal: Principal,
 ) -> dict[str, Any]:
     cfg = services.settings
     try:
@@ -130,13 +140,13 @@ async def submit_with_images(
         refs = list(spec.images)
         for i, ref in enumerate(refs):
             if isinstance(ref, ArtifactRef):
-                await _check_ref(services, ref, f"images[{i}]", spec)
+                await _check_ref(services, ref, f"images[{i}]", spec, principal)
     else:
         if spec.image is None:
             spec = spec.model_copy(update={"image": next(iter(uploads))})
         refs = [spec.image] if spec.image is not None else []
         if isinstance(spec.image, ArtifactRef):
-            await _check_ref(services, spec.image, "image", spec)
+            await _check_ref(services, spec.image, "image", spec, principal)
     unused = [n for n in uploads if n not in refs]
     if unused:
         raise _reject(
@@ -145,7 +155,9 @@ async def submit_with_images(
             f"{FILES_FIELD}[{unused[0]}]",
         )
     spec_json = spec.model_dump(mode="json")
-    return await queue_job(services, kind, spec_json, response, idem, uploads=uploads)
+    return await queue_job(
+        services, kind, spec_json, response, idem, uploads=uploads, principal=principal
+    )
 
 
 def _request_body(spec: type[ClassifySpec | ScreenSpec], what: str) -> dict[str, Any]:
@@ -214,14 +226,18 @@ _UPLOAD_DOC = (
     openapi_extra=_request_body(ClassifySpec, _UPLOAD_DOC),
 )
 async def post_classify(
-    request: Request, response: Response, services: ServicesDep, idem: IdemKey = None
+    request: Request,
+    response: Response,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    idem: IdemKey = None,
 ) -> dict[str, Any]:
     """Top-k predictions of each image under each model, as JSON and a labelled panel PNG.
 
     Spec (`ClassifySpec`): `models` (or `model`; default the default model), `top_k` (5), `images`
     (upload names and `{"job": id, "artifact": name}` references, in panel order; empty: every
     upload in order). Result: `images[].predictions[model]`, `panel.png`, `classify.json`."""
-    return await submit_with_images(request, response, services, KINDS["classify"], idem)
+    return await submit_with_images(request, response, services, KINDS["classify"], idem, principal)
 
 
 @router.post(
@@ -233,7 +249,11 @@ async def post_classify(
     openapi_extra=_request_body(ScreenSpec, _UPLOAD_DOC),
 )
 async def post_screen(
-    request: Request, response: Response, services: ServicesDep, idem: IdemKey = None
+    request: Request,
+    response: Response,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    idem: IdemKey = None,
 ) -> dict[str, Any]:
     """Fill rectangles of one image with each model's zero; top-k before and after per model.
 
@@ -241,4 +261,4 @@ async def post_screen(
     `models`, `top_k`, `image` (the upload's name or a `{job, artifact}` reference; default the
     one upload). Result: `models[]` with `before`, `after`, `top1_changed`, `screened-<model>.png`,
     and `panel.png`."""
-    return await submit_with_images(request, response, services, KINDS["screen"], idem)
+    return await submit_with_images(request, response, services, KINDS["screen"], idem, principal)

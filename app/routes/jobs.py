@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from app.deps import ServicesDep
+from app.deps import PrincipalDep, ServicesDep
+from app.events import HubFull, Subscription
+from app.guard import Principal
 from app.problems import Problem
 from app.views import job_view
 from core.store import TERMINAL
@@ -18,14 +20,27 @@ from specs import JobKind, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
+JOB_ID = r"^[A-Za-z0-9_.-]{1,64}$"
+JobId = Annotated[str, Path(pattern=JOB_ID, description="the job's id")]
+KEEP_ALIVE_SECONDS = 15.0
+
 
 def _not_found(job_id: str) -> Problem:
     return Problem(404, "job-not-found", f"no job {job_id!r} (unknown, or expired)")
 
 
+async def _job(services: ServicesDep, principal: Principal, job_id: str) -> dict[str, Any]:
+    """The record of a job this caller may see; 404 alike for unknown and another key's jobs."""
+    rec = await services.store.get(job_id)
+    if rec is None or not principal.sees(rec):
+        raise _not_found(job_id)
+    return rec
+
+
 @router.get("")
 async def list_jobs(
     services: ServicesDep,
+    principal: PrincipalDep,
     status: Annotated[list[JobStatus] | None, Query(description="filter; repeatable")] = None,
     kind: Annotated[list[JobKind] | None, Query(description="filter; repeatable")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -34,7 +49,7 @@ async def list_jobs(
     """Jobs, newest first, with cursor pagination (``next_cursor`` is null on the last page)."""
     try:
         recs, nxt = await services.store.list_jobs(
-            limit=limit, cursor=cursor, status=status, kind=kind
+            limit=limit, cursor=cursor, status=status, kind=kind, owner=principal.scope
         )
     except ValueError as exc:
         raise Problem(
@@ -44,18 +59,16 @@ async def list_jobs(
 
 
 @router.get("/{job_id}")
-async def get_job(job_id: str, services: ServicesDep) -> dict[str, Any]:
+async def get_job(job_id: JobId, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """The job: status, progress, attempts, parameters, error, result with artifact URLs."""
-    rec = await services.store.get(job_id)
-    if rec is None:
-        raise _not_found(job_id)
-    return job_view(rec)
+    return job_view(await _job(services, principal, job_id))
 
 
 @router.post("/{job_id}/cancel", responses={409: {"description": "already finished"}})
-async def cancel_job(job_id: str, services: ServicesDep) -> JSONResponse:
+async def cancel_job(job_id: JobId, services: ServicesDep, principal: PrincipalDep) -> JSONResponse:
     """A queued job is canceled at once (200) and never starts; a running one is asked to stop
     (202) and becomes ``canceled`` within a few seconds. 409 if it already finished."""
+    await _job(services, principal, job_id)
     verdict, status = await services.store.cancel(job_id)
     if verdict == "missing":
         raise _not_found(job_id)
@@ -72,20 +85,51 @@ def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-@router.get("/{job_id}/events", response_class=StreamingResponse)
-async def job_events(job_id: str, request: Request, services: ServicesDep) -> StreamingResponse:
+class EventStream(StreamingResponse):
+    """A streaming response that gives its place in the event hub back however it ends."""
+
+    def __init__(self, content: AsyncIterator[bytes], sub: Subscription) -> None:
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.sub = sub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.sub.close()
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={503: {"description": "this process serves TIVIS_MAX_EVENT_STREAMS streams"}},
+)
+async def job_events(job_id: JobId, services: ServicesDep, principal: PrincipalDep) -> Response:
     """Server-Sent Events: ``status`` on every status change, ``progress`` while it runs, then
-    one final ``end`` event with the finished job, and the stream closes."""
-    store = services.store
-    if await store.get(job_id) is None:
-        raise _not_found(job_id)
+    one final ``end`` event with the finished job, and the stream closes. Each API process serves
+    at most ``TIVIS_MAX_EVENT_STREAMS`` streams (503 with ``Retry-After`` past that; poll
+    ``GET /jobs/<id>`` instead); the streams share one Redis connection per process."""
+    rec = await _job(services, principal, job_id)
+    try:
+        sub = services.events.subscribe(job_id)
+    except HubFull:
+        raise Problem(
+            503, "too-many-streams",
+            f"this API process already serves {services.events.limit} event streams; retry "
+            f"later, or poll GET /jobs/{job_id}", headers={"Retry-After": "5"},
+        ) from None  # fmt: skip
+    sub.record = rec
+    sub.changed.set()
 
     async def stream() -> AsyncIterator[bytes]:
         last_status: str | None = None
         last_progress: Any = None
-        idle = 0.0
         while True:
-            rec = await store.get(job_id)
+            if not await sub.next(KEEP_ALIVE_SECONDS):
+                yield b": keep-alive\n\n"
+                continue
+            rec = sub.record
             if rec is None:
                 yield _sse("error", {"detail": "job expired"})
                 return
@@ -99,16 +143,8 @@ async def job_events(job_id: str, request: Request, services: ServicesDep) -> St
             if last_status in TERMINAL:
                 yield _sse("end", job_view(rec))
                 return
-            if await request.is_disconnected():
-                return
-            await asyncio.sleep(0.2)
-            idle += 0.2
-            if idle >= 15:
-                idle = 0.0
-                yield b": keep-alive\n\n"
 
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+    return EventStream(stream(), sub)
 
 
 @router.get(
@@ -117,15 +153,14 @@ async def job_events(job_id: str, request: Request, services: ServicesDep) -> St
     responses={200: {"content": {"image/png": {}, "application/json": {}}}},
 )
 async def get_artifact(
-    job_id: str,
+    job_id: JobId,
     name: str,
     services: ServicesDep,
-    download: Annotated[Literal[0, 1], Query(description="1: as an attachment")] = 0,
+    principal: PrincipalDep,
+    download: Annotated[bool, Query(description="1 or true: as an attachment")] = False,
 ) -> Response:
     """An artifact of a finished job with its media type (PNG images, JSON reports)."""
-    rec = await services.store.get(job_id)
-    if rec is None:
-        raise _not_found(job_id)
+    rec = await _job(services, principal, job_id)
     media = {a["name"]: a["media_type"] for a in rec.get("artifacts") or []}
     if name not in media:
         known = ", ".join(sorted(media)) or "none yet"
@@ -134,6 +169,10 @@ async def get_artifact(
     if data is None:
         raise Problem(404, "artifact-not-found", f"artifact {name!r} of job {job_id} expired")
     headers = {"Cache-Control": "public, max-age=86400, immutable"}
+    cfg = services.settings
+    if cfg.api_key_set or cfg.admin_key_set:  # per key: no shared cache may keep it
+        headers["Cache-Control"] = "private, max-age=86400, immutable"
+        headers["Vary"] = "X-API-Key, Authorization"
     if download:
         headers["Content-Disposition"] = f'attachment; filename="{name}"'
     return Response(data, media_type=media[name], headers=headers)

@@ -13,7 +13,8 @@ from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel
 
 from app.catalog import Catalog
-from app.deps import Services, ServicesDep
+from app.deps import PrincipalDep, Services, ServicesDep
+from app.guard import ANONYMOUS, Principal
 from app.kinds import KINDS, KindDef, check_names
 from app.problems import Problem
 from app.views import job_urls
@@ -52,6 +53,7 @@ async def submit(
     spec: BaseModel,
     response: Response,
     idempotency_key: str | None,
+    principal: Principal = ANONYMOUS,
 ) -> dict[str, Any]:
     """Check names against the published catalog, store the job, send its task (by name)."""
     catalog = await require_catalog(services)
@@ -68,7 +70,8 @@ async def submit(
             ],
             suggestions=sugg,
         )
-    return await queue_job(services, kind, spec.model_dump(mode="json"), response, idempotency_key)
+    body = spec.model_dump(mode="json")
+    return await queue_job(services, kind, body, response, idempotency_key, principal=principal)
 
 
 async def queue_job(
@@ -79,21 +82,36 @@ async def queue_job(
     idempotency_key: str | None,
     uploads: Mapping[str, bytes] | None = None,
     job_id: str | None = None,
+    *,
+    principal: Principal = ANONYMOUS,
 ) -> dict[str, Any]:
-    """Store a checked job (with its ``uploads``, in the same transaction) and queue it: 202."""
+    """Store a checked job (with its ``uploads``, in the same transaction) and queue it: 202.
+
+    The record keeps the hash of the caller's API key (``owner``), an ``Idempotency-Key`` is
+    scoped to that key, and a key with ``TIVIS_MAX_QUEUED_PER_KEY`` queued jobs gets 429."""
     job_id = job_id or uuid.uuid4().hex
     idem = None
     if idempotency_key:
         digests = {n: hashlib.sha256(d).hexdigest() for n, d in (uploads or {}).items()}
         hashed: list[Any] = [kind.kind, body, digests] if uploads else [kind.kind, body]
-        idem = (idempotency_key, body_hash(hashed))
+        scoped = f"{principal.owner}:{idempotency_key}" if principal.owner else idempotency_key
+        idem = (scoped, body_hash(hashed))
+    limit = services.settings.max_queued_per_key
+    if limit and not await services.store.admit(principal.quota, job_id, limit):
+        raise Problem(
+            429, "too-many-queued-jobs",
+            f"this API key already has {limit} queued jobs (TIVIS_MAX_QUEUED_PER_KEY); wait for "
+            "some to start, or cancel some", headers={"Retry-After": "30"},
+        )  # fmt: skip
+    extra = {"owner": principal.owner} if principal.owner else None
     enqueue = None
     if services.template is not None:  # record and broker message in one transaction
         enqueue = (queue_key(services.settings), services.template.render(job_id))
     try:
         job_id, created = await services.store.create(
-            job_id, kind.kind, body, idempotency=idem, enqueue=enqueue, uploads=uploads
-        )
+            job_id, kind.kind, body, idempotency=idem, enqueue=enqueue, uploads=uploads,
+            extra=extra,
+        )  # fmt: skip
     except IdempotencyConflict as exc:
         raise Problem(
             422, "idempotency-key-reused", str(exc), title="Idempotency-Key reused", job=exc.job_id
@@ -138,29 +156,41 @@ IdemKey = Annotated[
     "/visualize", status_code=202, response_model=JobAccepted, summary=KINDS["visualize"].summary
 )
 async def post_visualize(
-    spec: VisualizeSpec, response: Response, services: ServicesDep, idem: IdemKey = None
+    spec: VisualizeSpec,
+    response: Response,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    idem: IdemKey = None,
 ) -> dict[str, Any]:
     """Visualize one or more targets on one or more models. 202 with the job and its URLs."""
-    return await submit(services, KINDS["visualize"], spec, response, idem)
+    return await submit(services, KINDS["visualize"], spec, response, idem, principal)
 
 
 @router.post(
     "/entropy-sweep", status_code=202, response_model=JobAccepted, summary=KINDS["sweep"].summary
 )
 async def post_sweep(
-    spec: SweepSpec, response: Response, services: ServicesDep, idem: IdemKey = None
+    spec: SweepSpec,
+    response: Response,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    idem: IdemKey = None,
 ) -> dict[str, Any]:
     """Visualize one target from many initial gray levels and measure the entropy of each."""
-    return await submit(services, KINDS["sweep"], spec, response, idem)
+    return await submit(services, KINDS["sweep"], spec, response, idem, principal)
 
 
 @router.post(
     "/compare", status_code=202, response_model=JobAccepted, summary=KINDS["compare"].summary
 )
 async def post_compare(
-    spec: CompareSpec, response: Response, services: ServicesDep, idem: IdemKey = None
+    spec: CompareSpec,
+    response: Response,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    idem: IdemKey = None,
 ) -> dict[str, Any]:
     """Visualize every target with every model (grid.png: rows models, columns targets, with
     each model's zero color) and classify every visualization with every model (matrix.png and
     compare.json: the target's probability and rank)."""
-    return await submit(services, KINDS["compare"], spec, response, idem)
+    return await submit(services, KINDS["compare"], spec, response, idem, principal)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from integration.harness import new_prefix
 
 from app.main import create_app
@@ -297,9 +298,20 @@ def test_health_ready_and_metrics(api: Api) -> None:
     api.store.heartbeat("w1", {"name": "w1"}, ttl=30)
     assert api.c.get("/readyz").status_code == 200
     submit(api)
-    text = api.c.get("/metrics").text
-    assert 'tivis_jobs{kind="visualize",status="queued"} 1' in text
-    assert "tivis_queue_depth" in text and "# TYPE tivis_job_duration_seconds histogram" in text
+    r = api.c.get("/metrics")
+    assert r.headers["content-type"].startswith("text/plain; version=")
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in families.values() for s in f.samples}  # fmt: skip
+    queued = (("kind", "visualize"), ("status", "queued"))
+    assert families["tivis_jobs_current"].type == "gauge"
+    assert samples[("tivis_jobs_current", queued)] == 1
+    assert families["tivis_jobs"].type == "counter"
+    assert samples[("tivis_jobs_total", queued)] == 1
+    assert samples[("tivis_queue_depth", (("queue", api.settings.queue),))] == 1
+    assert samples[("tivis_workers", ())] == 1
+    assert samples[("tivis_event_streams", ())] == 0
+    assert families["tivis_job_duration_seconds"].type == "histogram"
 
 
 def test_openapi_lists_the_routes(api: Api) -> None:
