@@ -1,8 +1,11 @@
-"""The door of every request, before any route runs: the API key and the body's deadline.
+"""The door of every request, before any route runs: the API key and the body's limits.
 
 :class:`Guard` is a plain ASGI middleware, so the key is checked before the body is read or
 validated (401 before 413 or 422), compared as bytes in constant time (a non-ASCII key is just
-a wrong key), and a request body must arrive within ``TIVIS_BODY_TIMEOUT_SECONDS`` (408). The
+a wrong key); a body that is not ``multipart/form-data`` (those have their own, larger limits in
+:mod:`app.uploads`) may hold at most ``TIVIS_MAX_JSON_BYTES`` (413, from its Content-Length
+before a byte is read, or as it streams in), and every body must arrive within
+``TIVIS_BODY_TIMEOUT_SECONDS`` (408). The
 caller it lets in is a :class:`Principal`: the hash of its key (never the key) scopes the jobs it
 may see, cancel and replay; an admin key (``TIVIS_ADMIN_KEYS``) sees every job.
 """
@@ -64,6 +67,24 @@ class Principal:
 ANONYMOUS = Principal()
 
 
+def _too_large(limit: int) -> str:
+    return f"the request body is over the limit of {limit} bytes (TIVIS_MAX_JSON_BYTES)"
+
+
+def _is_multipart(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            return value.lower().startswith(b"multipart/form-data")
+    return False
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
 def given_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     """The raw bytes of ``X-API-Key`` or of ``Authorization: Bearer <key>``."""
     auth = None
@@ -88,6 +109,7 @@ class Guard:
         self.admin = [k.encode() for k in sorted(settings.admin_key_set)]
         self.keys = [k.encode() for k in sorted(settings.api_key_set)] + self.admin
         self.timeout = settings.body_timeout_seconds
+        self.max_json = settings.max_json_bytes
 
     def match(self, given: bytes) -> bytes | None:
         """The configured key equal to ``given`` (every key compared, in constant time)."""
@@ -121,17 +143,25 @@ class Guard:
                 return
             principal = Principal(key_owner(key), key in self.admin)
         scope[PRINCIPAL] = principal
-        await self.app(scope, self.deadline(receive), send)
+        limit = None if _is_multipart(scope["headers"]) else self.max_json
+        declared = _content_length(scope["headers"])
+        if limit is not None and declared is not None and declared > limit:
+            response = problem_response(Request(scope), 413, "body-too-large", _too_large(limit))
+            await response(scope, receive, send)
+            return
+        await self.app(scope, self.guarded(receive, limit), send)
 
-    def deadline(self, receive: Receive) -> Receive:
-        """``receive`` with a deadline for the whole request body (408 past it); once the body
-        has ended, messages (a disconnect) pass through with no deadline."""
+    def guarded(self, receive: Receive, limit: int | None) -> Receive:
+        """``receive`` with a deadline for the whole request body (408 past it) and at most
+        ``limit`` bytes of it (413); once the body has ended, messages (a disconnect) pass
+        through with no deadline."""
         timeout = self.timeout
         ends: float | None = None
         done = False
+        size = 0
 
         async def guarded() -> Message:
-            nonlocal ends, done
+            nonlocal ends, done, size
             if done:
                 return await receive()
             if ends is None:
@@ -143,6 +173,10 @@ class Guard:
                 raise HTTPException(408, f"the request body did not arrive within {timeout:g} s")
             if message["type"] != "http.request" or not message.get("more_body", False):
                 done = True
+            if message["type"] == "http.request" and limit is not None:
+                size += len(message.get("body", b""))
+                if size > limit:
+                    raise HTTPException(413, _too_large(limit))
             return message
 
         return guarded

@@ -15,6 +15,7 @@ from celery import Celery
 from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from kombu.transport.redis import Channel
 
 from app import problems
 from app.deps import Services, require_api_key
@@ -43,7 +44,11 @@ async def capture_template(client: aredis.Redis, celery: Celery, cfg: Settings) 
     await anyio.to_thread.run_sync(send_template, celery, scratch)
     prefix = broker_prefix(cfg)
     raw = cast(bytes | None, await client.rpop(prefix + scratch))
-    await client.delete(prefix + scratch, f"{prefix}_kombu.binding.{scratch}")
+    # the scratch queue, and the binding tables kombu made for it (else one unexpiring key
+    # per start); the names come from kombu itself, its exchange is named like the queue
+    tables = ("keyprefix_queue", "keyprefix_binding_permanent")
+    bindings = [prefix + getattr(Channel, t) % scratch for t in tables if hasattr(Channel, t)]
+    await client.delete(prefix + scratch, *bindings)
     if raw is None:
         raise RuntimeError("could not capture the Celery message template")
     return MessageTemplate(raw, scratch, cfg.queue)
@@ -110,12 +115,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.add_middleware(Guard, settings=cfg)
     secured = [Depends(require_api_key)]
-    json_limit = cfg.max_json_bytes
     app.include_router(health.router)
     app.include_router(models.router, dependencies=secured)
-    app.include_router(submit.router, dependencies=secured, max_body_size=json_limit)
+    app.include_router(submit.router, dependencies=secured)
     app.include_router(classify.router, dependencies=secured)
-    app.include_router(jobs.router, dependencies=secured, max_body_size=json_limit)
+    app.include_router(jobs.router, dependencies=secured)
 
     base_openapi = app.openapi
 

@@ -130,10 +130,6 @@ def install(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route {request.method} {request.url.path}"
-        if exc.status_code == 413 and detail == "Content Too Large":
-            services = getattr(request.app.state, "services", None)
-            limit = services.settings.max_json_bytes if services is not None else None
-            detail = f"the request body is over the limit of {limit} bytes (TIVIS_MAX_JSON_BYTES)"
         return problem_response(
             request, exc.status_code, kind, detail, headers=getattr(exc, "headers", None)
         )

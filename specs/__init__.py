@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_GRAY_LEVELS: tuple[int, ...] = (*range(0, 251, 10), 255)
@@ -18,10 +26,16 @@ MAX_MODELS = 4
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    """Base of every spec: immutable, unknown fields refused, NaN and ±Infinity refused in
+    every number."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-Target = Annotated[int | str, Field(description="class index or case-insensitive class name")]
+Target = Annotated[
+    StrictInt | StrictStr,
+    Field(description="class index or case-insensitive class name (true/false are neither)"),
+]
 
 
 class Operation(_Frozen):
