@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 from integration.harness import new_prefix
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
 from core.queue import queue_key

@@ -132,8 +132,11 @@ def test_queued_jobs_per_key_are_limited(redis_server: Any) -> None:
 
 
 # -- input -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("path", ["/jobs/{id}:artifacts", "/jobs/{id}:uploads",
-                                  "/jobs/{id}:artifacts/events", "/jobs/{id}:x/cancel"])  # fmt: skip
+@pytest.mark.parametrize(
+    "path",
+    ["/jobs/{id}:artifacts", "/jobs/{id}:uploads", "/jobs/{id}:artifacts/events",
+     "/jobs/{id}:x/cancel"],
+)  # fmt: skip
 def test_job_ids_are_validated(api: Api, path: str) -> None:
     job_id = submit(api).json()["id"]
     _succeeded(api, job_id)
