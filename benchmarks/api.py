@@ -7,8 +7,13 @@
    connections (a minimal asyncio HTTP/1.1 client, so the load generator stays light), then a
    check that every accepted job has a record ("nothing lost"); the jobs are then canceled so
    the worker drops them unrun.
+3. With ``--streams N``: N Server-Sent Event streams (``GET /jobs/<id>/events`` on queued jobs)
+   held open beside the submit load (a stream whose job ends is reopened on another), counting
+   how many were open while it ran, their answers (200, 503 past the per-process cap, any 5xx)
+   and the events they got.
 
     python benchmarks/api.py [--url http://127.0.0.1:8000] [--requests 5000] [--concurrency 16]
+                             [--streams 300] [--out benchmarks/results/api-streams.json]
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import random
 import statistics
 import time
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -147,6 +155,112 @@ async def submit_rate(
     }
 
 
+@dataclass
+class StreamStats:
+    """What the held streams saw."""
+
+    open: int = 0
+    opened: int = 0
+    answers: dict[int, int] = field(default_factory=dict)
+    events: int = 0
+    writers: set[asyncio.StreamWriter] = field(default_factory=set)
+
+
+async def hold_stream(
+    host: str, port: int, headers: dict[str, str], job_ids: list[str], st: StreamStats,
+    stop: asyncio.Event,
+) -> None:  # fmt: skip
+    """Keep one event stream open until ``stop``; reopen it (on another job) when it ends."""
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    while not stop.is_set():
+        r, w = await asyncio.open_connection(host, port)
+        st.writers.add(w)
+        counted = False
+        try:
+            job_id = random.choice(job_ids)
+            w.write(f"GET /jobs/{job_id}/events HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
+            status = int((await r.readline()).split()[1])
+            st.answers[status] = st.answers.get(status, 0) + 1
+            if status != 200:
+                await asyncio.sleep(1.0)
+                continue
+            st.open += 1
+            st.opened += 1
+            counted = True
+            while not stop.is_set():
+                line = await r.readline()
+                if not line:
+                    break
+                if line.startswith(b"event: "):
+                    st.events += 1
+                    if line.startswith((b"event: end", b"event: error")):
+                        break
+        except (OSError, ValueError, IndexError):
+            pass
+        finally:
+            if counted:
+                st.open -= 1
+            st.writers.discard(w)
+            w.close()
+
+
+async def with_streams(
+    host: str, port: int, headers: dict[str, str], model: str, target: Any, streams: int,
+    total: int, concurrency: int,
+) -> dict[str, Any]:  # fmt: skip
+    """``submit_rate`` while ``streams`` event streams are held open."""
+    body = json.dumps({"model": model, "targets": [target]}).encode()
+    c = await Conn(host, port, headers).open()
+    job_ids = []
+    for _ in range(min(streams, 50)):
+        status, raw = await c.request("POST", "/visualize", body)
+        assert status == 202, raw
+        job_ids.append(json.loads(raw)["id"])
+    st = StreamStats()
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(hold_stream(host, port, headers, job_ids, st, stop))
+        for _ in range(streams)
+    ]
+    deadline = time.monotonic() + 60
+    while st.open < streams and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    open_before = st.open
+    samples: list[int] = []
+
+    async def sample() -> None:
+        while not stop.is_set():
+            samples.append(st.open)
+            await asyncio.sleep(0.1)
+
+    sampler = asyncio.create_task(sample())
+    load_before = os.getloadavg()
+    submit = await submit_rate(host, port, headers, model, target, total, concurrency)
+    load_after = os.getloadavg()
+    stop.set()
+    await sampler
+    for w in list(st.writers):
+        w.close()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for job_id in job_ids:
+        await c.request("POST", f"/jobs/{job_id}/cancel")
+    c.close()
+    server_errors = sum(n for code, n in st.answers.items() if code >= 500 and code != 503)
+    server_errors += sum(n for code, n in submit["errors"].items() if int(code) >= 500)
+    return {
+        "streams_wanted": streams,
+        "streams_open_before_load": open_before,
+        "streams_open_min_during_load": min(samples) if samples else open_before,
+        "streams_open_max_during_load": max(samples) if samples else open_before,
+        "stream_answers": st.answers,
+        "stream_events": st.events,
+        "server_errors_5xx": server_errors,
+        "submit": submit,
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in load_after],
+    }
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", default="http://127.0.0.1:8000")
@@ -155,6 +269,8 @@ async def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--overhead-jobs", type=int, default=20)
     ap.add_argument("--model", default=None, help="default: tiny if published, else the first")
+    ap.add_argument("--streams", type=int, default=0, help="event streams held beside the load")
+    ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args()
     u = urlsplit(args.url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
@@ -167,10 +283,21 @@ async def main() -> None:
     out: dict[str, Any] = {"url": args.url, "model": model}
     out["queue_overhead"] = await queue_overhead(c, model, target, args.overhead_jobs)
     c.close()
-    out["submit"] = await submit_rate(
-        host, port, headers, model, target, args.requests, args.concurrency
-    )
-    print(json.dumps(out, indent=2))
+    if args.streams:
+        out["with_streams"] = await with_streams(
+            host, port, headers, model, target, args.streams, args.requests, args.concurrency
+        )
+    else:
+        out["submit"] = await submit_rate(
+            host, port, headers, model, target, args.requests, args.concurrency
+        )
+    out["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+    out["cpus"] = os.cpu_count()
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
 
 
 if __name__ == "__main__":

@@ -199,17 +199,6 @@ _GUESS = (
 )
 
 
-def sniff(data: bytes) -> str | None:
-    """``PNG``, ``JPEG`` or ``WEBP`` from the first bytes, or ``None``."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return None
-
-
 def _what(data: bytes) -> str:
     for magic, name in _GUESS:
         if data.startswith(magic):
@@ -222,53 +211,29 @@ def _what(data: bytes) -> str:
         return "unrecognized content"
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if i + 9 > len(data):
-                return None
-            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
-            return w, h
-        if length < 2:
-            return None
-        i += 2 + length
-    return None
+def image_header(data: bytes) -> UploadInfo | None:
+    """Format and ``(width, height)`` of a PNG, JPEG or WebP from its header alone, or ``None``.
 
+    Pillow's own plugin reads the header lazily (no pixel is decoded), as ``Image.open`` does,
+    but without ``Image.open``'s decompression-bomb check, so that a header claiming more pixels
+    than ``Image.MAX_IMAGE_PIXELS`` still tells its size (:func:`check_upload` refuses it with
+    our limit's message, then leaves Pillow's guard to the full open). ``None`` for another type;
+    ``ValueError`` for one of the three whose header cannot be read."""
+    from PIL import Image
 
-def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
-    """``(width, height)`` read from the header without decoding, or ``None`` if unreadable."""
-    try:
-        if fmt == "PNG":
-            if data[12:16] != b"IHDR":
-                return None
-            w, h = struct.unpack(">II", data[16:24])
-            return int(w), int(h)
-        if fmt == "JPEG":
-            return _jpeg_size(data)
-        chunk = data[12:16]
-        if chunk == b"VP8 ":
-            w, h = struct.unpack("<HH", data[26:30])
-            return w & 0x3FFF, h & 0x3FFF
-        if chunk == b"VP8L":
-            (bits,) = struct.unpack("<I", data[21:25])
-            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-        if chunk == b"VP8X":
-            w = int.from_bytes(data[24:27], "little") + 1
-            h = int.from_bytes(data[27:30], "little") + 1
-            return w, h
-    except struct.error:
-        return None
+    Image.init()
+    prefix = data[:16]
+    for fmt in FORMATS:
+        factory, accept = Image.OPEN[fmt]
+        if accept is not None and accept(prefix) is not True:
+            continue
+        try:
+            with factory(io.BytesIO(data), "") as im:
+                width, height = im.size
+        except (OSError, SyntaxError, ValueError, IndexError, struct.error, EOFError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise ValueError(f"truncated or corrupt {fmt}: unreadable header ({reason})") from exc
+        return UploadInfo(fmt, int(width), int(height))
     return None
 
 
@@ -281,8 +246,9 @@ def check_upload(
 ) -> UploadInfo:
     """Check an uploaded image by its content; return ``(format, width, height)``.
 
-    In order: size in bytes (413), type by magic bytes (PNG, JPEG or WebP, else 422), width and
-    height from the header against ``max_pixels`` before decoding (413; a header claiming
+    In order: size in bytes (413), type and size from the header read lazily by Pillow
+    (:func:`image_header`: PNG, JPEG or WebP, else 422), width and height against
+    ``max_pixels`` before decoding (413; a header claiming
     50000×50000 in a few bytes is a decompression bomb), Pillow's own bomb guard (413), then a full
     decode: truncated or corrupt data is 422.
 
@@ -297,15 +263,15 @@ def check_upload(
         )
     if not data:
         raise UploadRejected(422, "upload is empty", field)
-    fmt = sniff(data)
-    if fmt is None:
+    try:
+        header = image_header(data)
+    except ValueError as exc:
+        raise UploadRejected(422, str(exc), field) from exc
+    if header is None:
         raise UploadRejected(
             422, f"unsupported image type: found {_what(data)}; send PNG, JPEG or WebP", field
         )
-    size = header_size(data, fmt)
-    if size is None:
-        raise UploadRejected(422, f"corrupt {fmt}: its header gives no image size", field)
-    w, h = size
+    fmt, w, h = header
     if w < 1 or h < 1:
         raise UploadRejected(422, f"corrupt {fmt}: header gives a size of {w}×{h}", field)
     if w * h > max_pixels:

@@ -22,7 +22,7 @@ from specs.classify import (
     check_models,
     check_request,
     check_upload,
-    header_size,
+    image_header,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_real_photos_are_accepted() -> None:
 def test_webp_extended_header_size() -> None:
     data = encoded("WEBP", (33, 21), exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x00")
     assert data[12:16] == b"VP8X"
-    assert header_size(data, "WEBP") == (33, 21)
+    assert image_header(data) == ("WEBP", 33, 21)
     assert check_upload(data) == ("WEBP", 33, 21)
 
 

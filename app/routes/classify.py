@@ -28,8 +28,7 @@ from specs.classify import (
     ScreenSpec,
     UploadRejected,
     check_request,
-    header_size,
-    sniff,
+    image_header,
 )
 
 router = APIRouter(tags=["model debugging"])
@@ -95,12 +94,14 @@ async def _check_ref(
         data = await store.artifact(ref.job, ref.artifact)
         if data is None:
             raise _reject(422, f"artifact {ref.artifact!r} of job {ref.job} expired", field)
-        fmt = sniff(data)
-        size = header_size(data, fmt) if fmt else None
-        if size is None:
+        try:
+            header = image_header(data)
+        except ValueError:
+            header = None
+        if header is None:
             raise _reject(422, f"artifact {ref.artifact!r} is not a readable image", field)
         try:
-            spec.check_rectangles(*size)
+            spec.check_rectangles(header.width, header.height)
         except ValueError as exc:
             raise _reject(422, str(exc), "rectangles") from exc
     elif not await store.has_artifact(ref.job, ref.artifact):
