@@ -242,6 +242,8 @@ async def with_streams(
     for w in list(st.writers):
         w.close()
     await asyncio.gather(*tasks, return_exceptions=True)
+    c.close()  # idle past the server's keep-alive while the load ran: a fresh one
+    c = await Conn(host, port, headers).open()
     for job_id in job_ids:
         await c.request("POST", f"/jobs/{job_id}/cancel")
     c.close()

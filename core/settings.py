@@ -76,7 +76,7 @@ class Settings(BaseSettings):
 
     # Defenses (issue 9: connection limits, body limits, key scoping)
     max_queued_per_key: int = Field(
-        default=1000, ge=0, description="queued jobs one API key may have (0: no limit)"
+        default=10_000, ge=0, description="queued jobs one API key may have (0: no limit)"
     )
     redis_max_connections: int = Field(
         default=64, ge=2, le=10_000, description="Redis connections per API process (requests)"

@@ -221,13 +221,14 @@ return {'requeued', n}
 
 # Admit one more queued job of an API key (``TIVIS_MAX_QUEUED_PER_KEY``) and reserve its place.
 # KEYS: the key's set of queued job ids; ARGV: job key prefix, limit, job id, score, ttl.
-# Only when the set is full are its jobs that left ``queued`` (or expired) dropped from it, so
-# a submission costs O(1) until a key sits at its limit. Returns the count, or -1: over.
+# Only when the set is full are its oldest 256 jobs looked at, and those that left ``queued``
+# (or expired) dropped: the queue runs oldest first, so that is where places come free, and a
+# submission costs O(1) (at most 256 reads at the limit). Returns the count, or -1: over.
 _ADMIT = """
 local limit = tonumber(ARGV[2])
 local n = redis.call('ZCARD', KEYS[1])
 if n >= limit then
-  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, 255)) do
     if redis.call('HGET', ARGV[1] .. id, 'status') ~= 'queued' then
       redis.call('ZREM', KEYS[1], id)
     end
