@@ -35,6 +35,7 @@ class Subscription:
         self.changed = asyncio.Event()
         self.record: dict[str, Any] | None = None
         self.read = False  # whether the hub has read the record once since subscribing
+        self.since = hub.polls  # polls started before it subscribed
 
     async def next(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the hub's next read of the record; False on timeout."""
@@ -57,7 +58,9 @@ class EventHub:
         self.limit = limit
         self.interval = interval
         self.subs: dict[str, set[Subscription]] = {}
+        self.last: dict[str, Any] = {}  # job id -> the raw record read last
         self.open = 0
+        self.polls = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -79,6 +82,7 @@ class EventHub:
         self.open -= 1
         if not subs:
             del self.subs[sub.job_id]
+            self.last.pop(sub.job_id, None)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -101,8 +105,12 @@ class EventHub:
             await asyncio.sleep(self.interval)
 
     async def poll(self) -> None:
-        """Read every followed record (pipelined, :data:`BATCH` per round trip); wake its
-        streams."""
+        """Read every followed record (pipelined, :data:`BATCH` per round trip); wake the
+        streams whose record changed, and those the hub has not read for yet (a stream starts
+        from the route's own read; one that subscribed while this poll was under way waits for
+        the next, whose read is surely newer)."""
+        self.polls += 1
+        started = self.polls
         ids = list(self.subs)
         for i in range(0, len(ids), BATCH):
             part = ids[i : i + BATCH]
@@ -111,8 +119,15 @@ class EventHub:
                 pipe.hgetall(self.store.keys.job(job_id))
             raws = await pipe.execute()
             for job_id, raw in zip(part, raws, strict=True):
-                rec = decode_record(raw)
-                for sub in self.subs.get(job_id, ()):
-                    sub.record = rec
+                subs = self.subs.get(job_id)
+                if not subs:
+                    continue
+                changed = raw != self.last.get(job_id)
+                self.last[job_id] = raw
+                rec = decode_record(raw) if changed else None
+                for sub in subs:
+                    if sub.since >= started or (sub.read and not changed):
+                        continue
+                    sub.record = rec if changed else decode_record(raw)
                     sub.read = True
                     sub.changed.set()

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from integration.harness import wait_for
 from test_api import Api, assert_problem, make_api, submit
 
 from app.main import create_app
@@ -234,3 +236,36 @@ def test_starting_the_api_leaves_no_unexpiring_broker_key(redis_server: Any) -> 
     left = [k for k in r.scan_iter(match=f"{prefix}:*") if r.ttl(k) == -1]
     r.delete(*r.scan_iter(match=f"{prefix}:*")) if left else None
     assert left == []
+
+
+# -- event streams through the hub -----------------------------------------------------------
+def test_a_stream_follows_its_job_to_the_end(api: Api) -> None:
+    """The hub wakes a stream for every change of its job: status, progress, then end."""
+    job_id = submit(api).json()["id"]
+    hub = api.c.app.state.services.events  # type: ignore[attr-defined]
+
+    def drive() -> None:
+        wait_for(lambda: hub.open == 1, 30, "the stream to open")
+        assert api.store.start(job_id, 3)[0] == "run"
+        for step in (1, 2):
+            wait_for(lambda: hub.last.get(job_id, {}).get(b"status") == b"running", 30, "a read")
+            api.store.progress(job_id, {"round": step, "percent": 50.0 * step})
+            wait_for(lambda s=step: b'"round": %d' % s in hub.last[job_id].get(b"progress", b""),
+                     30, "the hub to read the progress")  # fmt: skip
+        api.store.finish(job_id, 1, "succeeded", {"result": {}})
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    with api.c.stream("GET", f"/jobs/{job_id}/events") as s:
+        text = "".join(s.iter_text())
+    driver.join(30)
+    events = [ln.split(": ", 1)[1] for ln in text.splitlines() if ln.startswith("event: ")]
+    data = [json.loads(ln[6:]) for ln in text.splitlines() if ln.startswith("data: ")]
+    assert events == ["status", "status", "progress", "progress", "status", "end"], text
+    assert [d.get("status") for d in data if "status" in d][:3] == [
+        "queued",
+        "running",
+        "succeeded",
+    ]
+    assert [d["round"] for d, e in zip(data, events, strict=True) if e == "progress"] == [1, 2]
+    assert hub.open == 0
