@@ -71,7 +71,7 @@ def require_api_key(request: Request, services: ServicesDep) -> Principal:
     principal = request.scope.get(PRINCIPAL)
     if isinstance(principal, Principal):
         return principal
-    if services.settings.api_key_set or services.settings.admin_key_set:
+    if services.settings.api_key_set:
         raise Problem(401, "unauthorized", "an API key is required")  # no Guard in front
     return ANONYMOUS
 

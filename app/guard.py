@@ -5,7 +5,7 @@ validated (401 before 413 or 422), compared as bytes in constant time (a non-ASC
 a wrong key); a body that is not ``multipart/form-data`` (those have their own, larger limits in
 :mod:`app.uploads`) may hold at most ``TIVIS_MAX_JSON_BYTES`` (413, from its Content-Length
 before a byte is read, or as it streams in), and every body must arrive within
-``TIVIS_BODY_TIMEOUT_SECONDS`` (408). The
+``TIVIS_BODY_TIMEOUT_SECONDS`` plus its size at :data:`MIN_BODY_RATE` (408). The
 caller it lets in is a :class:`Principal`: the hash of its key (never the key) scopes the jobs it
 may see, cancel and replay; an admin key (``TIVIS_ADMIN_KEYS``) sees every job.
 """
@@ -26,6 +26,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.problems import problem_response
 from core.settings import Settings
+
+MIN_BODY_RATE = 64 * 1024
+"""Bytes per second a body must keep arriving at, after ``TIVIS_BODY_TIMEOUT_SECONDS``."""
 
 PRINCIPAL = "tivis.principal"
 """The scope key holding the request's :class:`Principal`."""
@@ -107,6 +110,7 @@ class Guard:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.admin = [k.encode() for k in sorted(settings.admin_key_set)]
+        self.required = bool(settings.api_key_set)  # without API keys, no key is required
         self.keys = [k.encode() for k in sorted(settings.api_key_set)] + self.admin
         self.timeout = settings.body_timeout_seconds
         self.max_json = settings.max_json_bytes
@@ -125,7 +129,7 @@ class Guard:
             return
         principal = ANONYMOUS
         path: str = scope["path"]
-        if self.keys and path not in OPEN_PATHS and not path.startswith("/static/"):
+        if self.required and path not in OPEN_PATHS and not path.startswith("/static/"):
             given = given_key(scope["headers"])
             key = self.match(given) if given else None
             if key is None:
@@ -142,6 +146,11 @@ class Guard:
                 await response(scope, receive, send)
                 return
             principal = Principal(key_owner(key), key in self.admin)
+        elif self.admin:  # no API keys: everyone sees every job, but admin rights need the key
+            given = given_key(scope["headers"])
+            key = self.match(given) if given else None
+            if key is not None and key in self.admin:
+                principal = Principal(None, admin=True)
         scope[PRINCIPAL] = principal
         limit = None if _is_multipart(scope["headers"]) else self.max_json
         declared = _content_length(scope["headers"])
@@ -167,10 +176,16 @@ class Guard:
             if ends is None:
                 ends = time.monotonic() + timeout
             message: Message | None = None
-            with anyio.move_on_after(max(0.0, ends - time.monotonic())):
+            # every byte received moves the deadline on at MIN_BODY_RATE: a large upload that
+            # keeps coming is never cut, a trickle is
+            with anyio.move_on_after(max(0.0, ends + size / MIN_BODY_RATE - time.monotonic())):
                 message = await receive()
             if message is None:
-                raise HTTPException(408, f"the request body did not arrive within {timeout:g} s")
+                raise HTTPException(
+                    408,
+                    f"the request body did not arrive in time ({timeout:g} s, then at least "
+                    f"{MIN_BODY_RATE // 1024} KiB/s)",
+                )
             if message["type"] != "http.request" or not message.get("more_body", False):
                 done = True
             if message["type"] == "http.request" and limit is not None:

@@ -11,7 +11,6 @@ registered model's status: ``pending`` (validation queued or running), ``ready``
 
 from __future__ import annotations
 
-import hmac
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +21,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import ValidationError
 
 from app.catalog import UnknownName
-from app.deps import Services, ServicesDep
+from app.deps import PrincipalDep, Services, ServicesDep
+from app.guard import given_key
 from app.kinds import KINDS
 from app.modelupload import FILE_FIELD, METADATA_FIELD, read_model_body
 from app.problems import Problem, validation_errors
@@ -34,19 +34,16 @@ from specs.models import EXTENSIONS, FILE_NAMES, NAME_RE, ModelMetadata, split_r
 router = APIRouter(prefix="/models", tags=["models"])
 
 
-def require_admin(request: Request, services: ServicesDep) -> None:
+def require_admin(request: Request, services: ServicesDep, principal: PrincipalDep) -> None:
     """With API keys or admin keys configured, only an admin key (``TIVIS_ADMIN_KEYS``) may
-    register or delete models."""
+    register or delete models (:class:`app.guard.Guard` compared the key as bytes)."""
     cfg = services.settings
     admins = cfg.admin_key_set
     if not admins and not cfg.api_key_set:
         return
-    given = request.headers.get("x-api-key")
-    if given is None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        given = token.strip() if scheme.lower() == "bearer" else None
-    if given and any(hmac.compare_digest(given, k) for k in admins):
+    if principal.admin:
         return
+    given = given_key(request.scope["headers"])
     raise Problem(
         403 if given else 401,
         "admin-key-required",
