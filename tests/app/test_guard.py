@@ -269,3 +269,14 @@ def test_a_stream_follows_its_job_to_the_end(api: Api) -> None:
     ]
     assert [d["round"] for d, e in zip(data, events, strict=True) if e == "progress"] == [1, 2]
     assert hub.open == 0
+
+
+def test_admin_rights_come_from_the_guard(keyed: Api) -> None:
+    """Model registration and deletion need an admin key; a wrong or non-ASCII one is refused
+    (401/403), never a 500."""
+    c = keyed.c
+    assert_problem(c.delete("/models/x", headers=A), 403)
+    assert_problem(c.delete("/models/x", headers={"X-API-Key": "clé".encode()}), 401)
+    assert_problem(c.post("/models", headers=B, files={"file": ("m.pt", b"x")}), 403)
+    r = c.delete("/models/x", headers=ADMIN)
+    assert r.status_code != 403 and r.status_code < 500, r.text
