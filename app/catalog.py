@@ -80,6 +80,10 @@ class Catalog:
     def __bool__(self) -> bool:
         return bool(self.models)
 
+    def input_sizes(self) -> dict[str, int]:
+        """Each model's input side in pixels, as published (0 where an entry gives none)."""
+        return {n: int(e.info.get("input_size") or 0) for n, e in self.models.items()}
+
     def model(self, name: str, field: str = "model") -> ModelEntry:
         if name in self.models:
             return self.models[name]

@@ -60,6 +60,7 @@ def job_view(rec: dict[str, Any], *, full: bool = True) -> dict[str, Any]:
         "cancel_requested": rec.get("cancel_requested", False),
         "progress": rec.get("progress"),
         "error": rec.get("error"),
+        "cost": rec.get("cost"),
         "urls": job_urls(job_id),
     }
     base = out["urls"]["self"]

@@ -70,6 +70,13 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=5.0, gt=0.0)
     cancel_check_seconds: float = Field(default=0.25, gt=0.0)
 
+    max_job_cost: int = Field(
+        default=50_000_000_000,
+        ge=1,
+        description="largest estimated cost of a job in pixel-passes (specs/cost.py); above it "
+        "a submission is refused with 422 naming what to reduce",
+    )
+
     # Uploads (issue 4)
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_upload_pixels: int = Field(default=40_000_000, ge=1)

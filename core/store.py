@@ -44,7 +44,7 @@ TERMINAL = ("succeeded", "failed", "canceled")
 DURATION_BUCKETS: tuple[float, ...] = (
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 )  # fmt: skip
-JSON_FIELDS = ("spec", "progress", "error", "result", "artifacts")
+JSON_FIELDS = ("spec", "progress", "error", "result", "artifacts", "cost")
 
 # Create a job (and its idempotency key) atomically.
 # KEYS: record, index, current, total, idem ("" = none), queue ("" = none), uploads

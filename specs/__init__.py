@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     StrictInt,
     StrictStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -23,6 +24,10 @@ DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_GRAY_LEVELS: tuple[int, ...] = (*range(0, 251, 10), 255)
 MAX_TARGETS = 64
 MAX_MODELS = 4
+MAX_STEP_PIXELS = 2**20
+"""Pixels one optimization step may send through the model per image: ``augment.views × size²``
+(4 views at 512 px, 20 at 224); the API checks it again with the model's size when ``size`` is
+left out (``specs.cost.check_step``)."""
 
 
 class _Frozen(BaseModel):
@@ -226,6 +231,17 @@ class OptimizeSpec(_Frozen):
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
     param: ImageParameterization = Field(default_factory=ImageParameterization)
     augment: StepAugment = Field(default_factory=StepAugment)
+
+    @field_validator("augment")
+    @classmethod
+    def _step_fits(cls, v: StepAugment, info: ValidationInfo) -> StepAugment:
+        size = info.data.get("size")
+        if isinstance(size, int) and max(1, v.views) * size * size > MAX_STEP_PIXELS:
+            raise ValueError(
+                f"views × size² must be at most {MAX_STEP_PIXELS} pixels per step, got "
+                f"{v.views} × {size}² = {v.views * size * size}; use fewer views or a smaller size"
+            )
+        return v
 
     @model_validator(mode="before")
     @classmethod

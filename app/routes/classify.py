@@ -19,7 +19,7 @@ from app.deps import PrincipalDep, ServicesDep
 from app.guard import Principal
 from app.kinds import KINDS, KindDef
 from app.problems import Problem, validation_errors
-from app.routes.submit import IdemKey, JobAccepted, queue_job, require_catalog
+from app.routes.submit import IdemKey, JobAccepted, check_cost, queue_job, require_catalog
 from app.uploads import FILES_FIELD, SPEC_FIELD, BodyRejected, read_body
 from specs.classify import (
     MAX_IMAGES,
@@ -156,8 +156,9 @@ async def submit_with_images(
             f"{FILES_FIELD}[{unused[0]}]",
         )
     spec_json = spec.model_dump(mode="json")
+    cost = check_cost(services, kind, spec, catalog)
     return await queue_job(
-        services, kind, spec_json, response, idem, uploads=uploads, principal=principal
+        services, kind, spec_json, response, idem, uploads=uploads, principal=principal, cost=cost
     )
 
 

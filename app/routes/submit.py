@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import uuid
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from app.views import job_urls
 from core.queue import RUN_JOB_TASK, queue_key
 from core.store import IdempotencyConflict, body_hash
 from specs import SweepSpec, VisualizeSpec
+from specs.cost import biggest_factors, check_step, estimate
 from specs.models import CompareSpec
 
 log = logging.getLogger("tivis.api")
@@ -32,6 +34,7 @@ class JobAccepted(BaseModel):
     kind: str
     status: str
     urls: dict[str, str]
+    cost: dict[str, int] | None = None
 
 
 async def require_catalog(services: Services) -> Catalog:
@@ -45,6 +48,36 @@ async def require_catalog(services: Services) -> Catalog:
             headers={"Retry-After": "5"},
         )  # fmt: skip
     return catalog
+
+
+def check_cost(
+    services: Services, kind: KindDef, spec: BaseModel, catalog: Catalog
+) -> dict[str, int]:
+    """The job's estimated cost (``specs.cost``), or a 422 when one step is too large or the
+    whole job costs more than ``TIVIS_MAX_JOB_COST``, naming the fields to reduce."""
+    sizes = catalog.input_sizes()
+    step = check_step(spec, sizes)
+    if step is not None:
+        raise Problem(
+            422, "validation", f"invalid request: augment.views: {step}",
+            title="Request validation failed", errors=[{"field": "augment.views", "message": step}],
+        )  # fmt: skip
+    cost = estimate(kind.kind, spec, sizes)
+    limit = services.settings.max_job_cost
+    if cost.pixel_passes <= limit:
+        return cost.as_dict()
+    factors = biggest_factors(kind.kind, spec, sizes)
+    what = ", ".join(str(f) for f in factors) or "the job's size"
+    detail = (
+        f"estimated cost {cost.pixel_passes:.3g} pixel-passes is over the limit of {limit:.3g} "
+        f"(TIVIS_MAX_JOB_COST; {cost.pixel_passes / limit:.3g} times too much); reduce {what}"
+    )
+    raise Problem(
+        422, "too-costly", detail, title="Job too costly",
+        errors=[{"field": f.field, "message": f"reducing it divides the cost by {f.factor:.3g}"}
+                for f in factors],
+        cost=cost.as_dict(), limit=limit, reduce=[f.as_dict() for f in factors],
+    )  # fmt: skip
 
 
 async def submit(
@@ -70,8 +103,11 @@ async def submit(
             ],
             suggestions=sugg,
         )
+    cost = check_cost(services, kind, spec, catalog)
     body = spec.model_dump(mode="json")
-    return await queue_job(services, kind, body, response, idempotency_key, principal=principal)
+    return await queue_job(
+        services, kind, body, response, idempotency_key, principal=principal, cost=cost
+    )
 
 
 async def queue_job(
@@ -84,11 +120,13 @@ async def queue_job(
     job_id: str | None = None,
     *,
     principal: Principal = ANONYMOUS,
+    cost: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Store a checked job (with its ``uploads``, in the same transaction) and queue it: 202.
 
     The record keeps the hash of the caller's API key (``owner``), an ``Idempotency-Key`` is
-    scoped to that key, and a key with ``TIVIS_MAX_QUEUED_PER_KEY`` queued jobs gets 429."""
+    scoped to that key, and a key with ``TIVIS_MAX_QUEUED_PER_KEY`` queued jobs gets 429.
+    ``cost`` (the job's estimate) is stored in the record and echoed."""
     job_id = job_id or uuid.uuid4().hex
     idem = None
     if idempotency_key:
@@ -103,7 +141,9 @@ async def queue_job(
             f"this API key already has {limit} queued jobs (TIVIS_MAX_QUEUED_PER_KEY); wait for "
             "some to start, or cancel some", headers={"Retry-After": "30"},
         )  # fmt: skip
-    extra = {"owner": principal.owner} if principal.owner else None
+    extra = {"owner": principal.owner} if principal.owner else {}
+    if cost is not None:
+        extra["cost"] = json.dumps(cost)
     enqueue = None
     if services.template is not None:  # record and broker message in one transaction
         enqueue = (queue_key(services.settings), services.template.render(job_id))
@@ -122,10 +162,11 @@ async def queue_job(
         response.headers["Idempotent-Replayed"] = "true"
         rec = await services.store.get(job_id)
         status = rec["status"] if rec else "queued"
-        return {"id": job_id, "kind": kind.kind, "status": status, "urls": urls}
+        cost = rec.get("cost") if rec else None
+        return {"id": job_id, "kind": kind.kind, "status": status, "urls": urls, "cost": cost}
     if enqueue is not None:
         log.info("job queued", extra={"job_id": job_id, "kind": kind.kind})
-        return {"id": job_id, "kind": kind.kind, "status": "queued", "urls": urls}
+        return {"id": job_id, "kind": kind.kind, "status": "queued", "urls": urls, "cost": cost}
 
     def send() -> None:
         services.celery.send_task(
@@ -139,7 +180,7 @@ async def queue_job(
         log.error("queue unavailable", extra={"job_id": job_id, "error": str(exc)})
         raise Problem(503, "queue-unavailable", f"could not queue the job: {exc}") from exc
     log.info("job queued", extra={"job_id": job_id, "kind": kind.kind})
-    return {"id": job_id, "kind": kind.kind, "status": "queued", "urls": urls}
+    return {"id": job_id, "kind": kind.kind, "status": "queued", "urls": urls, "cost": cost}
 
 
 IdemKey = Annotated[
