@@ -116,7 +116,7 @@ def image_passes(spec: OptimizeSpec) -> int:
 
     >>> image_passes(OptimizeSpec(method="vanilla", optimizer={"max_total_steps": 10},
     ...                           tests={"rotations": [], "scales": []}))
-    42
+    32
     """
     cfg = spec.optimizer
     r = rounds(spec)

@@ -1,0 +1,121 @@
+"""The cost estimate of every job kind (specs/cost.py): exact numbers on small specs, the
+default limit against the jobs the service is for, and the issue's hostile request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from core.settings import Settings
+from specs import MAX_STEP_PIXELS, OptimizeSpec, SweepSpec, VisualizeSpec
+from specs.classify import ClassifySpec, ScreenSpec
+from specs.cost import biggest_factors, check_step, estimate, image_passes, rounds
+
+SIZES = {"efficientnet_lite0": 224, "resnet50": 224, "vgg19": 224, "inception_v3": 299, "m": 32}
+LIMIT = Settings().max_job_cost
+FOUR = ["efficientnet_lite0", "resnet50", "vgg19", "inception_v3"]
+HOSTILE: dict[str, Any] = {  # issue 9, defect 1 (views 4 instead of 32: see the step bound)
+    "size": 512,
+    "schedule": [{"op": "rotate", "value": 1.0, "repeat": 360}] * 64,
+    "optimizer": {"max_steps_per_round": 5000, "max_total_steps": 100_000},
+    "augment": {"views": 4},
+}
+
+
+def test_vanilla_image_passes_by_hand() -> None:
+    spec = OptimizeSpec(
+        method="vanilla", optimizer={"max_total_steps": 10}, tests={"rotations": [], "scales": []}
+    )
+    # One round of 10 steps: 11 forward passes (the last finds the round done), 10 backward
+    # (2 forward each), and the final probability.
+    assert image_passes(spec) == 11 + 2 * 10 + 1
+
+
+def test_visualize_by_hand() -> None:
+    spec = VisualizeSpec(
+        model="m", targets=[1], method="vanilla", optimizer={"max_total_steps": 10},
+        tests={"rotations": [], "scales": []}, views={"count": 2},
+    )  # fmt: skip
+    cost = estimate("visualize", spec, SIZES)
+    # 32 optimization passes + the top-5 pass + the quality report (identity + 2 views), 32².
+    assert cost.passes == 32 + 1 + 3
+    assert cost.pixel_passes == 36 * 32 * 32
+    assert cost.largest_pass_pixels == 2 * 32 * 32  # the quality report's two views
+    judged = estimate("visualize", spec.model_copy(update={"judges": ["inception_v3"]}), SIZES)
+    assert judged.pixel_passes == cost.pixel_passes + 3 * 299 * 299  # judged at its own size
+
+
+def test_sweep_by_hand() -> None:
+    spec = SweepSpec(
+        model="inception_v3", target=1, gray_levels=[0, 128], size=32,
+        schedule=[{"op": "rotate", "value": 10, "repeat": 3}],
+        optimizer={"max_steps_per_round": 5, "max_total_steps": 12},
+        tests={"rotations": [0, 90], "scales": []}, augment={"views": 2},
+    )  # fmt: skip
+    assert rounds(spec) == 3
+    # Rounds: 12 steps in all (budget) × 2 views: forward (12 + 3) × 2 + 3 rounds × 2 tests,
+    # backward 12 × 2; final round without views: forward 6, backward 5; final tests 2 + 1.
+    per_image = (15 * 2 + 3 * 2) + 6 + 3 + 2 * (12 * 2 + 5)
+    assert per_image == image_passes(spec) == 103
+    cost = estimate("sweep", spec, SIZES)
+    assert cost.passes == 2 * 103
+    assert cost.pixel_passes == 2 * 103 * 32 * 32  # size overrides the model's 299
+    assert cost.largest_pass_pixels == 2 * 32 * 32
+
+
+def test_classify_and_screen_are_one_pass_per_image_and_model() -> None:
+    cls = ClassifySpec(models=["efficientnet_lite0", "inception_v3"], images=["a.png", "b.png"])
+    assert estimate("classify", cls, SIZES).pixel_passes == 2 * (224**2 + 299**2)
+    scr = ScreenSpec(models=["m"], rectangles=[{"x": 0, "y": 0, "width": 1, "height": 1}])
+    assert estimate("screen", scr, SIZES).pixel_passes == 2 * 32 * 32  # original and screened
+
+
+def test_unknown_sizes_count_224() -> None:
+    spec = SweepSpec(model="custom", target=1)
+    assert estimate("sweep", spec, {}) == estimate("sweep", spec, {"custom": 224})
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+@pytest.mark.parametrize("method", ["invariant", "vanilla", "invariant+"])
+def test_default_jobs_fit_the_default_limit(n: int, method: str) -> None:
+    for models in (["efficientnet_lite0"], FOUR[:n]):
+        spec = VisualizeSpec(model=models, targets=list(range(n)), method=method)
+        assert estimate("visualize", spec, SIZES).pixel_passes <= LIMIT
+    for model in FOUR:
+        sweep = SweepSpec(model=model, target=1, method=method)  # the 27 default levels
+        assert estimate("sweep", sweep, SIZES).pixel_passes <= LIMIT
+
+
+def test_hostile_request_is_over_the_limit_and_names_what_to_reduce() -> None:
+    spec = VisualizeSpec(model=FOUR, targets=list(range(64)), **HOSTILE)
+    cost = estimate("visualize", spec, SIZES)
+    assert cost.pixel_passes > 1000 * LIMIT
+    factors = biggest_factors("visualize", spec, SIZES)
+    fields = [f.field for f in factors]
+    assert fields[0] == "targets" and factors[0].factor == pytest.approx(64)
+    assert {"model", "size", "optimizer.max_total_steps", "augment.views"} <= set(fields)
+    assert [f.factor for f in factors] == sorted((f.factor for f in factors), reverse=True)
+    sweep = SweepSpec(model="vgg19", target=1, gray_levels=list(range(256)), **HOSTILE)
+    assert estimate("sweep", sweep, SIZES).pixel_passes > 1000 * LIMIT
+    assert biggest_factors("sweep", sweep, SIZES)[0].field == "gray_levels"
+
+
+def test_default_spec_has_no_factors_to_reduce() -> None:
+    assert biggest_factors("visualize", VisualizeSpec(targets=[1]), SIZES) == []
+
+
+def test_step_bound_allows_the_engine_and_the_preset() -> None:
+    assert VisualizeSpec(targets=[1], size=512, augment={"views": 4}).augment.views == 4
+    assert VisualizeSpec(targets=[1], size=224, augment={"views": 20}).augment.views == 20
+    plus = VisualizeSpec(targets=[1], method="invariant+", size=512)
+    assert check_step(plus, SIZES) is None
+    with pytest.raises(ValidationError, match="views × size²"):
+        VisualizeSpec(targets=[1], size=512, augment={"views": 32})  # the issue's request
+    # size left out: the model's input size decides (the API checks with the catalog)
+    wide = VisualizeSpec(model="inception_v3", targets=[1], augment={"views": 12})
+    assert MAX_STEP_PIXELS < 12 * 299 * 299
+    message = check_step(wide, SIZES)
+    assert message is not None and "inception_v3" in message
+    assert check_step(wide, {"inception_v3": 224}) is None
