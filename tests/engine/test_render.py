@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import io
 
+import matplotlib
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -16,8 +18,6 @@ from worker.engine.render import (
     hcat,
     heatmap,
     line_plot,
-    nice_step,
-    nice_ticks,
     strip,
     vcat,
 )
@@ -108,10 +108,12 @@ def test_heatmap_upscales_by_nearest_neighbour() -> None:
             assert bool((block == block[:, :1]).all())
 
 
-def test_colorize_interpolates_between_anchors() -> None:
-    mid = colorize(torch.tensor([0.5 / 7]))[0].tolist()
-    expected = [round((a + b) / 2) for a, b in zip(VIRIDIS[0], VIRIDIS[1], strict=True)]
-    assert all(abs(m - e) <= 1 for m, e in zip(mid, expected, strict=True))
+def test_colorize_is_matplotlibs_viridis() -> None:
+    values = torch.tensor([-0.5, 0.0, 0.1, 1 / 3, 0.5, 0.999, 1.0, 1.5], dtype=torch.float64)
+    expected = matplotlib.colormaps["viridis"](values.numpy(), bytes=True)[:, :3]
+    assert colorize(values).tolist() == expected.tolist()
+    assert len(VIRIDIS) == 256
+    assert colorize(torch.tensor([float("nan")]))[0].tolist() == list(VIRIDIS[0])
 
 
 def test_heatmap_validates_range() -> None:
@@ -119,21 +121,28 @@ def test_heatmap_validates_range() -> None:
         heatmap(torch.zeros(1, 2, 2), 1.0, 1.0, 8)
 
 
-def test_colorbar_has_the_requested_height_and_both_ends() -> None:
+def test_colorbar_has_the_requested_height_and_viridis_colors() -> None:
     bar = colorbar(0.0, 8.0, "2D entropy (bits)", 200)
     assert bar.dtype == torch.uint8
     assert bar.shape[0] == 3 and bar.shape[1] == 200
-    colours = {tuple(bar[:, y, 8].tolist()) for y in range(200)}
-    assert VIRIDIS[0] in colours
-    assert VIRIDIS[-1] in colours
+    assert 16 < bar.shape[2] < 200  # cropped to the bar, its ticks and its label
+    # Down the middle of the bar, inside its outline: viridis from yellow (vmax) to purple.
+    column = [c for c in bar[:, :, 10].T.tolist() if c != [255, 255, 255]][1:-1]
+    assert len(column) > 150
+    lut = torch.tensor(VIRIDIS, dtype=torch.float64)
+    distance, nearest = (lut[None] - torch.tensor(column)[:, None]).abs().amax(-1).min(dim=1)
+    assert float(distance.max()) <= 1.0  # each pixel covers one or two viridis colors
+    assert int(nearest[0]) >= 250 and int(nearest[-1]) <= 5
+    assert nearest.diff().le(0).all()  # falling from top to bottom
+    assert bool((bar[:, :, 20:] < 100).any())  # tick values and the label
+    assert torch.equal(bar, colorbar(0.0, 8.0, "2D entropy (bits)", 200))
 
 
-def test_nice_steps_are_1_2_5_times_a_power_of_ten() -> None:
-    assert nice_step(255, 6) == 50
-    assert nice_step(1.0, 5) == 0.2
-    assert nice_step(0.003, 3) == 0.001
-    assert nice_ticks(0, 255, 6) == [0, 50, 100, 150, 200, 250]
-    assert nice_ticks(-0.3, 0.3, 6) == [-0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3]
+def test_colorbar_validates_arguments() -> None:
+    with pytest.raises(ValueError, match="vmin < vmax"):
+        colorbar(1.0, 1.0, "bits", 200)
+    with pytest.raises(ValueError, match="height"):
+        colorbar(0.0, 1.0, "bits", 20, font_size=10)
 
 
 def _plot(**kw: object) -> bytes:
@@ -158,9 +167,30 @@ def test_line_plot_is_a_png_of_the_requested_size() -> None:
     assert bool(red.any())  # the marker line
 
 
-def test_line_plot_is_deterministic() -> None:
+def test_line_plot_is_deterministic_and_untagged() -> None:
     assert _plot(mark_x=60) == _plot(mark_x=60)
     assert _plot(mark_x=60) != _plot(mark_x=70)
+    with Image.open(io.BytesIO(_plot())) as im:
+        assert "Software" not in im.info  # no matplotlib version in the bytes
+
+
+def test_line_plot_ignores_the_machines_matplotlib_settings() -> None:
+    before = _plot(mark_x=60)
+    with matplotlib.rc_context({"lines.linewidth": 9.0, "axes.facecolor": "black"}):
+        assert _plot(mark_x=60) == before
+    assert matplotlib.rcParams["lines.linewidth"] != 9.0
+
+
+def test_line_plot_draws_each_series_in_its_color() -> None:
+    data = line_plot(
+        [0, 1, 2], {"a": [0.0, 1.0, 2.0], "b": [2.0, 1.0, 0.0]},
+        title="t", x_label="x", y_label="y", size=(400, 300),
+    )  # fmt: skip
+    pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).reshape(-1, 3)
+    found = {tuple(int(v) for v in p) for p in pixels}
+    for color in ("#1f77b4", "#ff7f0e"):  # matplotlib's default first two colors
+        rgb = tuple(round(255 * v) for v in matplotlib.colors.to_rgb(color))
+        assert rgb in found
 
 
 def test_line_plot_several_series_and_gaps() -> None:

@@ -1,18 +1,29 @@
 """Pictures of results: strips, grids, heat maps with a color bar, and line plots.
 
 Pure functions: images go in as tensors and come out as uint8 tensors ``(3, H, W)`` or PNG
-bytes; nothing is written to disk. Drawing uses Pillow with its built-in scalable font
-(``ImageFont.load_default(size=...)``, Pillow >= 10.1), so the same input gives the same bytes.
-Canvases are white; text is black.
+bytes; nothing is written to disk. Layouts (strips, grids, captions) are drawn with Pillow and its
+built-in scalable font (``ImageFont.load_default(size=...)``, Pillow >= 10.1); the viridis
+colormap, color bars and line plots come from matplotlib (Agg canvas, matplotlib's own defaults
+whatever a ``matplotlibrc`` says, PNG written without a ``Software`` tag), so the same input
+gives the same bytes. Canvases are white; text is black.
 """
 
 from __future__ import annotations
 
+import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 
+import matplotlib
+import numpy as np
 import torch
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from worker.engine import images as img
@@ -26,8 +37,6 @@ __all__ = [
     "hcat",
     "heatmap",
     "line_plot",
-    "nice_step",
-    "nice_ticks",
     "strip",
     "vcat",
 ]
@@ -37,35 +46,14 @@ RGB = tuple[int, int, int]
 
 WHITE: RGB = (255, 255, 255)
 BLACK: RGB = (0, 0, 0)
-GRID_GRAY: RGB = (225, 225, 225)
-MARK_RED: RGB = (200, 30, 30)
+MARK_RED = "#c81e1e"
+MARKERS = ("o", "s", "^", "D")
+"""Marker shapes of the series of a line plot, in turn (colors: matplotlib's default cycle)."""
 
-# Viridis sampled at 8 evenly spaced points (0, 1/7, ..., 1); linear between them.
-VIRIDIS: tuple[RGB, ...] = (
-    (68, 1, 84),
-    (70, 50, 126),
-    (54, 92, 141),
-    (39, 127, 142),
-    (31, 161, 135),
-    (74, 193, 109),
-    (160, 218, 57),
-    (253, 231, 37),
+VIRIDIS: tuple[RGB, ...] = tuple(
+    (int(r), int(g), int(b)) for r, g, b, _ in colormaps["viridis"](np.arange(256), bytes=True)
 )
-
-# Series colors (Tableau 10 order) and marker shapes, cycled together.
-PALETTE: tuple[RGB, ...] = (
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-)
-MARKERS = ("circle", "square", "triangle", "diamond")
+"""matplotlib's viridis: its 256 colors, dark purple (low) to yellow (high)."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -181,14 +169,6 @@ def _as_u8(x: torch.Tensor) -> torch.Tensor:
 
 def _auto_font_size(side: int) -> int:
     return max(10, min(24, side // 12))
-
-
-def _rotated_text(font: Font, text: str, fill: RGB = BLACK) -> Image.Image:
-    """``text`` rendered on white and turned 90° counter-clockwise (reads bottom to top)."""
-    w, h = _text_width(font, text) + 2, _line_height(font)
-    im = Image.new("RGB", (max(w, 1), h), WHITE)
-    _draw_text(ImageDraw.Draw(im), (1, 0), text, font, fill)
-    return im.transpose(Image.Transpose.ROTATE_90)
 
 
 # --------------------------------------------------------------------------- layouts
@@ -367,7 +347,9 @@ def gray_images(gray: torch.Tensor) -> torch.Tensor:
 
 
 def colorize(t: torch.Tensor) -> torch.Tensor:
-    """Viridis colors of values in 0..1 (clamped; NaN -> 0).
+    """Viridis colors of values in 0..1, as matplotlib's colormap gives them (clamped; NaN -> 0).
+
+    Value ``v`` takes color ``floor(256 · v)`` of :data:`VIRIDIS` (1.0 the last).
 
     Args:
         t: any shape ``(...)``.
@@ -375,12 +357,10 @@ def colorize(t: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(..., 3)`` uint8 on ``t``'s device.
     """
-    lut = torch.tensor(VIRIDIS, dtype=torch.float64, device=t.device)  # (8, 3)
-    pos = torch.nan_to_num(t.to(torch.float64), nan=0.0).clamp(0.0, 1.0) * (len(VIRIDIS) - 1)
-    lo = pos.floor().clamp(max=len(VIRIDIS) - 2).to(torch.int64)
-    frac = (pos - lo).unsqueeze(-1)
-    rgb = lut[lo] * (1.0 - frac) + lut[lo + 1] * frac
-    return torch.round(rgb).clamp(0, 255).to(torch.uint8)
+    lut = torch.tensor(VIRIDIS, dtype=torch.uint8, device=t.device)  # (256, 3)
+    v = torch.nan_to_num(t.to(torch.float64), nan=0.0, posinf=1.0, neginf=0.0)
+    idx = (v * len(VIRIDIS)).floor().clamp(0, len(VIRIDIS) - 1).to(torch.int64)
+    return lut[idx]
 
 
 def heatmap(
@@ -414,38 +394,19 @@ def heatmap(
     return rgb.permute(0, 3, 1, 2).contiguous()
 
 
-def nice_step(span: float, target: int = 6) -> float:
-    """A tick step of 1, 2 or 5 × 10^k giving about ``target`` intervals over ``span``."""
-    if not math.isfinite(span) or span <= 0:
-        return 1.0
-    raw = span / max(1, target)
-    mag = 10.0 ** math.floor(math.log10(raw))
-    for m in (1.0, 2.0, 5.0, 10.0):
-        if raw <= m * mag * (1 + 1e-9):
-            return m * mag
-    return 10.0 * mag
+@contextmanager
+def _style() -> Iterator[None]:
+    """matplotlib's own defaults (no ``matplotlibrc`` of the machine), for this block only."""
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()
+        yield
 
 
-def nice_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
-    """Multiples of :func:`nice_step` within ``[lo, hi]`` (ends included up to rounding)."""
-    step = nice_step(hi - lo, target)
-    first = math.ceil(lo / step - 1e-9)
-    last = math.floor(hi / step + 1e-9)
-    return [_clean(k * step) for k in range(first, last + 1)]
-
-
-def _clean(v: float) -> float:
-    r = round(v, 12)
-    return 0.0 if r == 0 else r
-
-
-def _decimals(step: float) -> int:
-    return max(0, -math.floor(math.log10(step) + 1e-9)) if step > 0 else 0
-
-
-def _fmt(v: float, decimals: int) -> str:
-    s = f"{v:.{decimals}f}"
-    return "0" if float(s) == 0 else s.replace("-", "−")
+def _rgb(canvas: FigureCanvasAgg) -> np.ndarray:
+    """The drawn canvas as an (H, W, 3) uint8 array."""
+    canvas.draw()  # type: ignore[no-untyped-call]
+    rgba = canvas.buffer_rgba()  # type: ignore[no-untyped-call]
+    return np.asarray(rgba)[:, :, :3].copy()
 
 
 def colorbar(
@@ -457,7 +418,7 @@ def colorbar(
     bar_width: int = 16,
     font_size: int | None = None,
 ) -> torch.Tensor:
-    """A vertical viridis color bar with tick values and a rotated label (e.g. "bits").
+    """A vertical viridis color bar (matplotlib's) with tick values and a label (e.g. "bits").
 
     Args:
         vmin: value at the bottom of the bar.
@@ -468,65 +429,33 @@ def colorbar(
         font_size: text size in pixels; default from the height.
 
     Returns:
-        (3, height, W) uint8.
+        (3, height, W) uint8, W just wide enough for the ticks and the label.
     """
     if not math.isfinite(vmin) or not math.isfinite(vmax) or vmax <= vmin:
         raise ValueError(f"expected finite vmin < vmax, got vmin={vmin}, vmax={vmax}")
-    font = _font(font_size or max(10, min(16, height // 14)))
-    lh = _line_height(font)
-    if height < 2 * lh:
-        raise ValueError(f"expected height >= {2 * lh} pixels to fit the ticks, got {height}")
-    top, bottom = lh // 2, height - lh // 2 - 1  # room for half a tick label at each end
-    span_px = bottom - top
-    ticks = nice_ticks(vmin, vmax, target=max(2, min(8, span_px // (2 * lh))))
-    dec = _decimals(nice_step(vmax - vmin, max(2, min(8, span_px // (2 * lh)))))
-    texts = [_fmt(t, dec) for t in ticks]
-    tick_w = max((_text_width(font, s) for s in texts), default=0)
-    label_im = _rotated_text(font, label)
-    x_bar = 2
-    x_text = x_bar + bar_width + 6
-    width = x_text + tick_w + 6 + label_im.width + 2
-    canvas = Image.new("RGB", (width, height), WHITE)
-    # Bar: top row = vmax, bottom row = vmin.
-    frac = 1.0 - torch.arange(span_px + 1, dtype=torch.float64) / max(1, span_px)
-    col = colorize(frac)  # (span_px + 1, 3)
-    bar = col.unsqueeze(1).expand(-1, bar_width, -1).contiguous().numpy()
-    canvas.paste(Image.fromarray(bar, mode="RGB"), (x_bar, top))
-    draw = ImageDraw.Draw(canvas)
-    draw.rectangle((x_bar - 1, top - 1, x_bar + bar_width, bottom + 1), outline=BLACK)
-    for t, s in zip(ticks, texts, strict=True):
-        y = bottom - (t - vmin) / (vmax - vmin) * span_px
-        yi = round(y)
-        draw.line((x_bar + bar_width, yi, x_bar + bar_width + 3, yi), fill=BLACK)
-        _draw_text(draw, (x_text, y - lh / 2), s, font, BLACK)
-    canvas.paste(label_im, (width - label_im.width - 2, max(0, (height - label_im.height) // 2)))
-    return _from_pil(canvas)
+    fs = font_size or max(8, min(14, height // 16))
+    if height < 4 * fs:
+        raise ValueError(f"expected height >= {4 * fs} pixels to fit the ticks, got {height}")
+    if bar_width < 1:
+        raise ValueError(f"expected bar_width >= 1, got {bar_width}")
+    room = bar_width + 20 * fs  # wider than ever needed; cropped to what was drawn
+    margin = fs  # half a tick label above the top and under the bottom, and some air
+    with _style():
+        fig = Figure(figsize=(room / 72, height / 72), dpi=72, facecolor="white")
+        canvas = FigureCanvasAgg(fig)
+        cax = fig.add_axes((2 / room, margin / height, bar_width / room, 1 - 2 * margin / height))
+        bar = fig.colorbar(ScalarMappable(Normalize(vmin, vmax), colormaps["viridis"]), cax=cax)
+        bar.set_label(label, fontsize=fs)
+        cax.tick_params(labelsize=fs, length=3, width=0.8)
+        bar.outline.set_linewidth(0.8)
+        pixels = _rgb(canvas)
+        renderer = canvas.get_renderer()  # type: ignore[no-untyped-call]
+        right = fig.get_tightbbox(renderer).x1 * 72
+    width = min(room, math.ceil(right) + 3)
+    return torch.from_numpy(np.ascontiguousarray(pixels[:, :width].transpose(2, 0, 1)))
 
 
 # --------------------------------------------------------------------------- line plots
-
-
-def _marker(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: float, c: RGB) -> None:
-    if shape == "circle":
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=c)
-    elif shape == "square":
-        q = r * 0.9
-        draw.rectangle((x - q, y - q, x + q, y + q), fill=c)
-    elif shape == "triangle":
-        q = r * 1.2
-        draw.polygon([(x, y - q), (x - q, y + q * 0.8), (x + q, y + q * 0.8)], fill=c)
-    else:
-        q = r * 1.25
-        draw.polygon([(x, y - q), (x + q, y), (x, y + q), (x - q, y)], fill=c)
-
-
-def _dashed_vline(
-    draw: ImageDraw.ImageDraw, x: float, y0: float, y1: float, c: RGB, w: int, dash: int
-) -> None:
-    y = y0
-    while y < y1:
-        draw.line((x, y, x, min(y + dash, y1)), fill=c, width=w)
-        y += 2 * dash
 
 
 def line_plot(
@@ -540,10 +469,11 @@ def line_plot(
     mark_label: str | None = None,
     size: tuple[int, int] = (800, 500),
 ) -> bytes:
-    """A line plot as PNG bytes (Figures 2 and 4): axes, nice ticks, labels, markers, legend.
+    """A line plot as PNG bytes (Figures 2 and 4), drawn by matplotlib: axes with its ticks,
+    labels with units, a marker shape per series, a legend under the plot when there is more
+    than one line.
 
-    Non-finite values are left out (the line breaks there). A legend is drawn (under the title,
-    never over the data) when there is more than one series.
+    Non-finite values are left out (the line breaks there).
 
     Args:
         x: x values, shared by all series.
@@ -551,12 +481,13 @@ def line_plot(
         title: plot title.
         x_label: x-axis label with units, e.g. "initial gray level g (0–255)".
         y_label: y-axis label with units, e.g. "second-order total entropy (bits)".
-        mark_x: draw a dashed vertical marker at this x (e.g. the best initial gray).
-        mark_label: text next to the marker; default ``"x = <mark_x>"``.
+        mark_x: draw a dashed red vertical line at this x (e.g. the best initial gray), named in
+            the legend.
+        mark_label: its legend entry; default ``"x = <mark_x>"``.
         size: ``(width, height)`` of the PNG in pixels.
 
     Returns:
-        PNG bytes, exactly ``size``, deterministic.
+        PNG bytes, exactly ``size``, the same bytes for the same input.
     """
     width, height = size
     if width < 200 or height < 150:
@@ -571,146 +502,29 @@ def line_plot(
     xs = [float(v) for v in x]
     if not all(math.isfinite(v) for v in xs):
         raise ValueError("expected finite x values")
-
-    ss = 2  # supersampling: draw at 2× and downsample, for smooth lines
-    W, H = width * ss, height * ss
-    base = max(10, min(28, min(width, height) // 34))
-    f_tick, f_label, f_title = _font(base * ss), _font((base + 2) * ss), _font((base + 4) * ss)
-    lh_tick, lh_label, lh_title = _line_height(f_tick), _line_height(f_label), _line_height(f_title)
-    pad = 8 * ss
-    tick_len = 5 * ss
-
-    # Data ranges.
-    finite_y = [float(v) for ys in series.values() for v in ys if math.isfinite(float(v))]
-    xlo, xhi = min(xs), max(xs)
-    if mark_x is not None and math.isfinite(mark_x):
-        xlo, xhi = min(xlo, mark_x), max(xhi, mark_x)
-    if xhi == xlo:
-        xlo, xhi = xlo - 1.0, xhi + 1.0
-    ylo, yhi = (min(finite_y), max(finite_y)) if finite_y else (0.0, 1.0)
-    if yhi == ylo:
-        d = abs(ylo) * 0.1 or 1.0
-        ylo, yhi = ylo - d, yhi + d
-    ystep = nice_step(yhi - ylo, 5)
-    ylo, yhi = math.floor(ylo / ystep + 1e-9) * ystep, math.ceil(yhi / ystep - 1e-9) * ystep
-    yticks = nice_ticks(ylo, yhi, 5)
-    ydec = _decimals(ystep)
-    ytexts = [_fmt(t, ydec) for t in yticks]
-
-    # Legend rows (under the title) when there is more than one series.
-    names = list(series)
-    swatch = 28 * ss
-    legend_rows: list[list[int]] = []
-    if len(names) > 1:
-        row: list[int] = []
-        row_w = 0
-        for k, name in enumerate(names):
-            item_w = swatch + 6 * ss + _text_width(f_tick, name) + 18 * ss
-            if row and row_w + item_w > W - 2 * pad:
-                legend_rows.append(row)
-                row, row_w = [], 0
-            row.append(k)
-            row_w += item_w
-        legend_rows.append(row)
-
-    # Margins.
-    has_mark = mark_x is not None and math.isfinite(mark_x)
-    mark_top = pad + lh_title + pad + len(legend_rows) * (lh_tick + 4 * ss)
-    top = mark_top + (lh_tick + 2 * ss if has_mark else 0) + pad // 2
-    ytick_w = max(_text_width(f_tick, s) for s in ytexts)
-    left = pad + lh_label + pad + ytick_w + tick_len + 4 * ss
-    bottom = H - (pad + lh_label + pad // 2 + lh_tick + tick_len + 4 * ss)
-    xstep = nice_step(xhi - xlo, max(3, min(10, width // 90)))
-    xdec = _decimals(xstep)
-    xticks = nice_ticks(xlo, xhi, max(3, min(10, width // 90)))
-    xtexts = [_fmt(t, xdec) for t in xticks]
-    right = W - max(pad * 2, max(_text_width(f_tick, s) for s in xtexts) // 2 + pad)
-    # A little air between the data and the frame on the x axis.
-    inner = 10 * ss
-    px0, px1 = left + inner, right - inner
-
-    def to_px(xv: float) -> float:
-        return px0 + (xv - xlo) / (xhi - xlo) * (px1 - px0)
-
-    def to_py(yv: float) -> float:
-        return bottom - (yv - ylo) / (yhi - ylo) * (bottom - top)
-
-    canvas = Image.new("RGB", (W, H), WHITE)
-    draw = ImageDraw.Draw(canvas)
-
-    # Title.
-    title_lines = _wrap(f_title, title, W - 2 * pad, max_lines=1)
-    _draw_lines_centered(draw, f_title, title_lines, W / 2, pad, BLACK)
-
-    # Grid, ticks and tick labels.
-    for t, s in zip(yticks, ytexts, strict=True):
-        y = round(to_py(t))
-        draw.line((left, y, right, y), fill=GRID_GRAY, width=ss)
-        draw.line((left - tick_len, y, left, y), fill=BLACK, width=ss)
-        tw = _text_width(f_tick, s)
-        _draw_text(draw, (left - tick_len - 3 * ss - tw, y - lh_tick / 2), s, f_tick, BLACK)
-    for t, s in zip(xticks, xtexts, strict=True):
-        xp = round(to_px(t))
-        draw.line((xp, top, xp, bottom), fill=GRID_GRAY, width=ss)
-        draw.line((xp, bottom, xp, bottom + tick_len), fill=BLACK, width=ss)
-        tw = _text_width(f_tick, s)
-        _draw_text(draw, (xp - tw / 2, bottom + tick_len + 2 * ss), s, f_tick, BLACK)
-    draw.rectangle((left, top, right, bottom), outline=BLACK, width=ss)
-
-    # Axis labels.
-    xl = _wrap(f_label, x_label, right - left, max_lines=1)
-    _draw_lines_centered(draw, f_label, xl, (left + right) / 2, H - pad - lh_label, BLACK)
-    yl_text = _wrap(f_label, y_label, bottom - top, max_lines=1)
-    if yl_text:
-        yl = _rotated_text(f_label, yl_text[0])
-        canvas.paste(yl, (pad, round((top + bottom) / 2 - yl.height / 2)))
-
-    # Marker line, labelled just above the frame (never over the data).
-    if has_mark and mark_x is not None:
-        mx = to_px(mark_x)
-        _dashed_vline(draw, mx, top + ss, bottom - ss, MARK_RED, 2 * ss, 6 * ss)
-        text = mark_label if mark_label is not None else f"x = {mark_x:g}"
-        tw = _text_width(f_tick, text)
-        tx = min(max(mx - tw / 2, pad), W - pad - tw)
-        _draw_text(draw, (tx, mark_top), text, f_tick, MARK_RED)
-
-    # Series.
-    r = 3.5 * ss
-    for k, name in enumerate(names):
-        c = PALETTE[k % len(PALETTE)]
-        shape = MARKERS[k % len(MARKERS)]
-        pts: list[tuple[float, float] | None] = []
-        for xv, yv in zip(xs, series[name], strict=True):
-            fy = float(yv)
-            pts.append((to_px(xv), to_py(fy)) if math.isfinite(fy) else None)
-        seg: list[tuple[float, float]] = []
-        for p in [*pts, None]:
-            if p is None:
-                if len(seg) > 1:
-                    draw.line(seg, fill=c, width=2 * ss, joint="curve")
-                seg = []
-            else:
-                seg.append(p)
-        for p in pts:
-            if p is not None:
-                _marker(draw, shape, p[0], p[1], r, c)
-
-    # Legend.
-    ly = pad + lh_title + pad
-    for row_items in legend_rows:
-        row_w = (
-            sum(swatch + 6 * ss + _text_width(f_tick, names[k]) + 18 * ss for k in row_items)
-            - 18 * ss
-        )
-        lx = (W - row_w) / 2
-        for k in row_items:
-            c = PALETTE[k % len(PALETTE)]
-            cy = ly + lh_tick / 2
-            draw.line((lx, cy, lx + swatch, cy), fill=c, width=2 * ss)
-            _marker(draw, MARKERS[k % len(MARKERS)], lx + swatch / 2, cy, r, c)
-            _draw_text(draw, (lx + swatch + 6 * ss, ly), names[k], f_tick, BLACK)
-            lx += swatch + 6 * ss + _text_width(f_tick, names[k]) + 18 * ss
-        ly += lh_tick + 4 * ss
-
-    out = canvas.resize((width, height), Image.Resampling.LANCZOS)
-    return img.encode_png(_from_pil(out))
+    dpi = 100
+    fs = max(7.0, min(14.0, min(width, height) / 50))
+    with _style():
+        fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
+        fig.set_layout_engine("constrained")
+        FigureCanvasAgg(fig)  # the Agg canvas savefig draws on
+        ax = fig.add_subplot()
+        for k, (name, ys) in enumerate(series.items()):
+            yv = [float(v) if math.isfinite(float(v)) else math.nan for v in ys]
+            ax.plot(xs, yv, marker=MARKERS[k % len(MARKERS)], markersize=4, lw=1.5, label=name)
+        if mark_x is not None and math.isfinite(mark_x):
+            text = mark_label if mark_label is not None else f"x = {mark_x:g}"
+            ax.axvline(mark_x, color=MARK_RED, ls="--", lw=1.5, label=text)
+        ax.set_title(title, fontsize=fs + 2)
+        ax.set_xlabel(x_label, fontsize=fs)
+        ax.set_ylabel(y_label, fontsize=fs)
+        ax.tick_params(labelsize=fs)
+        ax.grid(True, color="0.88", lw=0.8)
+        ax.set_axisbelow(True)
+        handles, _ = ax.get_legend_handles_labels()
+        if len(handles) > 1:  # under the x label, never over the data
+            ncols = min(len(handles), 4)
+            fig.legend(fontsize=fs, loc="outside lower center", ncols=ncols, frameon=False)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi, facecolor="white", metadata={"Software": None})
+    return buf.getvalue()
