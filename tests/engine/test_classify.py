@@ -63,6 +63,16 @@ def test_fit_matches_torchvision_reference_transforms(arch: str) -> None:
     torch.testing.assert_close(D.fit(x, entry), expected)
 
 
+def test_torchvision_sizes_come_from_the_weights_metadata() -> None:
+    from worker.engine.models import torchvision_preprocessing
+
+    assert torchvision_preprocessing("resnet50") == (224, 232, "bilinear")
+    assert torchvision_preprocessing("vgg19") == (224, 256, "bilinear")
+    assert torchvision_preprocessing("inception_v3") == (299, 342, "bilinear")
+    entry = Registry().info("inception_v3")
+    assert (entry.input_size, entry.resize_to, entry.interpolation) == (299, 342, "bilinear")
+
+
 def test_fit_default_model_is_bicubic_crop_of_256() -> None:
     entry = Registry().info("efficientnet_lite0")
     assert (entry.resize_to, entry.interpolation, entry.input_size) == (256, "bicubic", 224)

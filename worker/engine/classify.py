@@ -14,8 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 from worker.engine import render
 from worker.engine.models import LoadedModel, ModelInfo
@@ -85,9 +86,10 @@ def fit_geometry(height: int, width: int, info: ModelInfo) -> dict[str, int]:
 def fit(x: torch.Tensor, info: ModelInfo) -> torch.Tensor:
     """Make images of any size into ``info``'s input, as the model's reference preprocessing does.
 
-    Resize (``info.interpolation``, antialiased, ``align_corners=False``) to :func:`fit_size`,
-    then crop the center ``input_size`` square with torchvision's ``CenterCrop`` offsets
-    (``round((H - N) / 2)``). Bicubic overshoot is clipped to 0..255.
+    torchvision's ``resize`` (``info.interpolation``, antialiased) to :func:`fit_size` -- the
+    shorter side to ``resize_to``, or the whole image to ``input_size`` squared -- then its
+    ``center_crop`` of the ``input_size`` square (offsets ``round((H - N) / 2)``). Bicubic
+    overshoot is clipped to 0..255.
 
     Args:
         x: (C, H, W) or (B, C, H, W) float, pixel space 0..255 (any C: masks work too).
@@ -100,22 +102,16 @@ def fit(x: torch.Tensor, info: ModelInfo) -> torch.Tensor:
         raise ValueError(
             f"expected float images (C, H, W) or (B, C, H, W), got {x.dtype} {tuple(x.shape)}"
         )
-    if info.interpolation not in ("bilinear", "bicubic"):
+    modes = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+    if info.interpolation not in modes:
         raise ValueError(f"expected bilinear or bicubic interpolation, got {info.interpolation!r}")
-    single = x.ndim == 3
-    xb = x.unsqueeze(0) if single else x
-    h, w = int(xb.shape[-2]), int(xb.shape[-1])
-    rh, rw = fit_size(h, w, info)
-    if (rh, rw) != (h, w):
-        xb = F.interpolate(
-            xb, size=(rh, rw), mode=info.interpolation, antialias=True, align_corners=False
-        )
-        if info.interpolation == "bicubic":
-            xb = xb.clamp(0.0, 255.0)
-    geo = fit_geometry(h, w, info)
-    n, top, left = geo["crop_size"], geo["crop_top"], geo["crop_left"]
-    out = xb[..., top : top + n, left : left + n].contiguous()
-    return out[0] if single else out
+    n = info.input_size
+    size = [n, n] if info.resize_to is None else [info.resize_to]  # one value: the shorter side
+    out = TF.resize(x, size, interpolation=modes[info.interpolation], antialias=True)
+    if info.interpolation == "bicubic":
+        out = out.clamp(0.0, 255.0)
+    cropped: torch.Tensor = TF.center_crop(out, [n, n])
+    return cropped.contiguous()
 
 
 # --------------------------------------------------------------------------- screening

