@@ -18,8 +18,11 @@ What is counted, per image at its side ``s`` (the spec's ``size``, else the mode
   view (``len(tests.rotations) + len(tests.scales)``); one more for the final probability.
 - **visualize** adds per image and model the top-5 (one pass) and the quality report of the
   model and each judge (``1 + views.count`` passes at that model's input size); several models
-  multiply everything. **sweep**: one image per gray level. **classify** / **screen**: one
-  forward pass per image and model at the model's input size (screen: original and screened).
+  multiply everything. **sweep**: one image per gray level. **compare**: every target with
+  every model, then every image classified by every model (one pass at the judge's input
+  size). **classify** / **screen**: one forward pass per image and model at the model's input
+  size (screen: original and screened). **validate_model**: two forward passes and ``1 +
+  steps`` forward+backward steps at the model's input size.
 
 :func:`estimate` gives the total, and :func:`biggest_factors` which request fields make it large
 (what a client should reduce when the API refuses a job over ``TIVIS_MAX_JOB_COST``).
@@ -35,6 +38,7 @@ from pydantic import BaseModel
 
 from specs import MAX_STEP_PIXELS, OptimizeSpec, SweepSpec, TransformTests, VisualizeSpec
 from specs.classify import ClassifySpec, ScreenSpec
+from specs.models import CompareSpec, ValidateModelSpec
 
 BACKWARD_PASSES = 2
 """A backward pass costs about two forward passes."""
@@ -153,6 +157,12 @@ def estimate(kind: str, spec: BaseModel, input_sizes: Mapping[str, int]) -> Cost
         per = image_passes(spec)
         n = len(spec.gray_levels)
         return Cost(n * per * side * side, n * per, _step_pixels(spec, side))
+    if isinstance(spec, CompareSpec):
+        return _compare(spec, input_sizes)
+    if isinstance(spec, ValidateModelSpec):
+        side = _side(input_sizes, spec.ref.partition("@")[0])
+        passes = 2 + (1 + BACKWARD_PASSES) * (1 + spec.steps)
+        return Cost(passes * side * side, passes, 2 * side * side)
     if isinstance(spec, ClassifySpec | ScreenSpec):
         images = max(1, len(spec.images)) if isinstance(spec, ClassifySpec) else 2
         sides = [_side(input_sizes, m) for m in spec.models]
@@ -180,12 +190,28 @@ def _visualize(spec: VisualizeSpec, input_sizes: Mapping[str, int]) -> Cost:
     return Cost(pixel_passes, passes, largest)
 
 
+def _compare(spec: CompareSpec, input_sizes: Mapping[str, int]) -> Cost:
+    per = image_passes(spec)
+    n = len(spec.targets)
+    judged = sum(_side(input_sizes, j) ** 2 for j in spec.models)  # one pass per judge
+    pixel_passes = passes = largest = 0
+    for name in spec.models:
+        side = spec.size or _side(input_sizes, name)
+        pixel_passes += n * per * side * side + n * judged
+        passes += n * (per + len(spec.models))
+        largest = max(largest, _step_pixels(spec, side))
+    return Cost(pixel_passes, passes, largest)
+
+
 def check_step(spec: BaseModel, input_sizes: Mapping[str, int]) -> str | None:
     """Why one optimization step of ``spec`` would be too large (``augment.views × side²`` over
     :data:`specs.MAX_STEP_PIXELS` with each model's own side), or ``None``."""
     if not isinstance(spec, OptimizeSpec):
         return None
-    names = spec.models if isinstance(spec, VisualizeSpec) else [getattr(spec, "model", "")]
+    if isinstance(spec, VisualizeSpec | CompareSpec):
+        names = spec.models
+    else:
+        names = [str(getattr(spec, "model", ""))]
     views = max(1, spec.augment.views)
     for name in names:
         side = spec.size or _side(input_sizes, name)
@@ -232,8 +258,10 @@ def _baselines(spec: BaseModel) -> list[tuple[str, Any, Callable[[], BaseModel]]
         add("optimizer.max_steps_per_round", defaults.optimizer.max_steps_per_round)
         add("augment.views", 0)
         add("tests", defaults.tests)
-    if isinstance(spec, ClassifySpec | ScreenSpec):
+    if isinstance(spec, ClassifySpec | ScreenSpec | CompareSpec):
         add("models", spec.models[:1])
+    if isinstance(spec, CompareSpec):
+        add("targets", spec.targets[:1])
     if isinstance(spec, ClassifySpec):
         add("images", spec.images[:1])
     return out

@@ -12,6 +12,8 @@ from core.settings import Settings
 from specs import MAX_STEP_PIXELS, OptimizeSpec, SweepSpec, VisualizeSpec
 from specs.classify import ClassifySpec, ScreenSpec
 from specs.cost import biggest_factors, check_step, estimate, image_passes, rounds
+from specs.kinds import KINDS
+from specs.models import CompareSpec, ValidateModelSpec
 
 SIZES = {"efficientnet_lite0": 224, "resnet50": 224, "vgg19": 224, "inception_v3": 299, "m": 32}
 LIMIT = Settings().max_job_cost
@@ -119,3 +121,39 @@ def test_step_bound_allows_the_engine_and_the_preset() -> None:
     message = check_step(wide, SIZES)
     assert message is not None and "inception_v3" in message
     assert check_step(wide, {"inception_v3": 224}) is None
+
+
+def test_compare_by_hand() -> None:
+    spec = CompareSpec(
+        models=["m", "inception_v3"], targets=[1, 2], method="vanilla",
+        optimizer={"max_total_steps": 10}, tests={"rotations": [], "scales": []},
+    )  # fmt: skip
+    # Each model optimizes both targets (32 passes each at its size), then every image is
+    # classified by both models at their own sizes.
+    judged = 2 * (32 * 32 + 299 * 299)
+    expected = 2 * 32 * 32 * 32 + judged + 2 * 32 * 299 * 299 + judged
+    assert estimate("compare", spec, SIZES).pixel_passes == expected
+    factors = biggest_factors("compare", spec, SIZES)
+    assert [f.field for f in factors] == ["models", "targets"]  # inception_v3 dominates
+    assert factors[1].factor == 2
+
+
+def test_validate_model_by_hand() -> None:
+    spec = ValidateModelSpec(ref="m@1", format="torchscript", sha256="0" * 64, size=1, steps=3)
+    # two forward passes, then 1 + 3 forward+backward steps
+    assert estimate("validate_model", spec, SIZES).passes == 2 + 3 * 4
+
+
+def test_every_kind_has_a_cost() -> None:
+    examples: dict[str, Any] = {
+        "visualize": {"targets": [1]},
+        "sweep": {"target": 1},
+        "classify": {"images": ["a.png"]},
+        "screen": {"rectangles": [{"x": 0, "y": 0, "width": 1, "height": 1}]},
+        "compare": {"models": ["efficientnet_lite0", "resnet50"], "targets": [1]},
+        "validate_model": {"ref": "m@1", "format": "torchscript", "sha256": "0" * 64, "size": 1},
+    }
+    assert set(examples) == set(KINDS), "a new job kind needs a cost in specs/cost.py"
+    for kind, body in examples.items():
+        cost = estimate(kind, KINDS[kind].spec.model_validate(body), SIZES)
+        assert 0 < cost.pixel_passes <= LIMIT

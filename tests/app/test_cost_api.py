@@ -93,6 +93,11 @@ def test_hostile_jobs_are_refused_naming_cost_limit_and_fields(api: Api) -> None
              **HOSTILE, "augment": {"views": 4}}  # fmt: skip
     p = problem(api.c.post("/entropy-sweep", json=sweep))
     assert p["type"].endswith("/too-costly") and p["reduce"][0]["field"] == "gray_levels"
+
+    compare = {"models": FOUR, "targets": list(range(16)), **HOSTILE, "augment": {"views": 4}}
+    p = problem(api.c.post("/compare", json=compare))
+    assert p["type"].endswith("/too-costly")
+    assert {"targets", "models", "size"} <= {r["field"] for r in p["reduce"]}
     assert api.nothing_queued()
 
 
