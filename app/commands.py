@@ -10,6 +10,13 @@ WORKER_ARGS: tuple[str, ...] = (
 )  # fmt: skip
 """``python -m`` + these: one Celery worker, one job at a time, on the configured queue."""
 
+WEBHOOK_ARGS: tuple[str, ...] = (
+    "celery", "-A", "webhooks.celery_app", "worker", "--hostname", "webhooks@%h",
+    "--pool", "threads", "--concurrency", "8",
+    "--without-gossip", "--without-mingle", "--loglevel", "INFO",
+)  # fmt: skip
+"""``python -m`` + these: the webhook worker (its own queue, threads, no torch)."""
+
 
 def api_args(host: str, port: int, workers: int = 1) -> tuple[str, ...]:
     """``python -m`` + these: uvicorn serving ``app.main:app``."""

@@ -30,7 +30,7 @@ from types import FrameType
 
 import redis
 
-from app.commands import WORKER_ARGS, api_args, redis_args
+from app.commands import WEBHOOK_ARGS, WORKER_ARGS, api_args, redis_args
 from core.logs import configure_logging
 from core.settings import Settings
 
@@ -175,6 +175,7 @@ def main() -> int:
         _wait_redis(url, redis_child)
         probe = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
         children.append(Child("worker", [sys.executable, "-m", *WORKER_ARGS], env))
+        children.append(Child("webhooks", [sys.executable, "-m", *WEBHOOK_ARGS], env))
         args = api_args(settings.host, settings.port, settings.api_workers)
         children.append(Child("api", [sys.executable, "-m", *args], env))
         log.info(

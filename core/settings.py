@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -99,6 +100,32 @@ class Settings(BaseSettings):
         default=30.0, gt=0.0, description="a request body must arrive within this (408)"
     )
 
+    # Webhooks (issue 13; core/webhooks.py)
+    webhook_secret: str = Field(
+        default="",
+        description="HMAC-SHA256 key of webhook signatures: whsec_<base64> (Standard Webhooks) or "
+        "any other text (its UTF-8 bytes); empty: submissions naming a webhook are refused",
+    )
+    webhook_queue: str = Field(default="webhooks", description="Celery queue of deliveries")
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="allow receivers on private, loopback, link-local and other non-global "
+        "addresses (checked at submission and again at every send)",
+    )
+    webhook_timeout: float = Field(default=10.0, gt=0.0, le=300.0, description="seconds per send")
+    webhook_retry_schedule: str = Field(
+        default="5,300,1800,7200,18000,36000,36000",
+        description="seconds to wait before each retry (comma-separated); the default retries "
+        "for 27.6 hours (8 attempts)",
+    )
+    webhook_progress_seconds: float = Field(
+        default=5.0, gt=0.0, description="at most one progress event per job this often"
+    )
+    webhook_poll_seconds: float = Field(
+        default=0.5, gt=0.0, le=60.0, description="how often the webhook worker looks for due "
+        "deliveries",
+    )  # fmt: skip
+
     # Embedded run
     data_dir: Path = Field(default=Path(".tivis"), description="embedded Redis data and socket")
     restart_backoff_seconds: float = Field(
@@ -119,6 +146,17 @@ class Settings(BaseSettings):
                 "would be redelivered to a second worker"
             )
         return self
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        parse_delays(v)
+        return v
+
+    @property
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        """Seconds before each retry; ``len + 1`` attempts in all."""
+        return parse_delays(self.webhook_retry_schedule)
 
     @property
     def api_key_set(self) -> frozenset[str]:
@@ -144,6 +182,21 @@ class Settings(BaseSettings):
     def effective_visibility_timeout(self) -> int:
         vt = self.visibility_timeout
         return vt if vt is not None else self.hard_time_limit + 60
+
+
+def parse_delays(text: str) -> tuple[float, ...]:
+    """``"5,300,1800"`` -> ``(5.0, 300.0, 1800.0)``; ``ValueError`` unless finite and >= 0."""
+    out: list[float] = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            msg = f"retry delays are seconds separated by commas, got {part!r}"
+            raise ValueError(msg) from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"retry delays must be finite and >= 0, got {part!r}")
+        out.append(value)
+    return tuple(out)
 
 
 @lru_cache(maxsize=1)

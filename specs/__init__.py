@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from specs.webhook import WebhookSpec
+
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_GRAY_LEVELS: tuple[int, ...] = (*range(0, 251, 10), 255)
 MAX_TARGETS = 64
@@ -210,7 +212,15 @@ PRESETS: dict[str, dict[str, object]] = {
 given in part keeps the preset's other values)."""
 
 
-class OptimizeSpec(_Frozen):
+class JobSpec(_Frozen):
+    """What every job kind's spec accepts: ``webhook``, a receiver of the job's events."""
+
+    webhook: WebhookSpec | None = Field(
+        default=None, description="announce the job's events to this URL (signed, retried)"
+    )
+
+
+class OptimizeSpec(JobSpec):
     """Everything that decides how one image is optimized (Algorithm 1).
 
     ``method``: ``invariant`` (the paper's), ``vanilla`` (one long round, no schedule) or

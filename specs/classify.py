@@ -20,7 +20,7 @@ from typing import Annotated, Any, NamedTuple
 
 from pydantic import Field, field_validator, model_validator
 
-from specs import DEFAULT_MODEL, MAX_MODELS, _Frozen
+from specs import DEFAULT_MODEL, MAX_MODELS, JobSpec, _Frozen
 
 MAX_IMAGES = 16
 MAX_RECTANGLES = 16
@@ -98,7 +98,7 @@ def _models_field() -> Any:
     )
 
 
-class _DebugSpec(_Frozen):
+class _DebugSpec(JobSpec):
     models: list[str] = _models_field()
     top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="predictions shown per model")
 

@@ -26,6 +26,7 @@ from core.queue import capture_template, celery_config, queue_key
 from core.reaper import Reaper
 from core.settings import get_settings
 from core.store import JobStore
+from core.webhooks import Emitter
 
 settings = get_settings()
 app = Celery("tivis", include=["worker.tasks"])
@@ -163,8 +164,9 @@ def _task_failure(
     else:
         err = {"type": name, "message": str(exception)}
     started = rec.get("started_at") or time.time()
-    store.finish(task_id, rec["attempts"], "failed", {"error": err}, kind=str(rec["kind"]),
-                 duration=time.time() - started)  # fmt: skip
+    if store.finish(task_id, rec["attempts"], "failed", {"error": err}, kind=str(rec["kind"]),
+                    duration=time.time() - started):  # fmt: skip
+        Emitter(store.r, settings.key_prefix, settings.ttl_seconds).safe_emit(task_id, "failed")
     log.error("job failed outside the task", extra={"job_id": task_id, "error": err})
 
 

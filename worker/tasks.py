@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from core.queue import RUN_JOB_TASK
 from core.settings import get_settings
 from core.store import JobStore
+from core.webhooks import Emitter, webhook_of
 from specs.classify import ArtifactRef, ClassifySpec, ScreenSpec
 from specs.kinds import KINDS
 from worker.celery_app import app, worker_name
@@ -45,6 +46,7 @@ class _State:
         self.settings = get_settings()
         s = self.settings
         self.store = JobStore(redis.Redis.from_url(s.redis_url), s.key_prefix, s.ttl_seconds)
+        self.hooks = Emitter(self.store.r, s.key_prefix, s.ttl_seconds)
         self.registry = Registry(s.models_dir, s.weights_dir, s.torch_home, s.model_store)
         self.runtime = Runtime(amp=s.amp, channels_last=s.channels_last)
         self.pid = os.getpid()
@@ -70,8 +72,13 @@ class _Progress:
     flag on each write, and remembers the last values it was called with, written or not, for
     the final record."""
 
-    def __init__(self, st: _State, job_id: str, attempt: int) -> None:
+    def __init__(
+        self, st: _State, job_id: str, attempt: int, rec: dict[str, Any] | None = None
+    ) -> None:
         self.st = st
+        self.rec = rec  # for progress webhooks (None: the job wants none)
+        self.hooked = -1e9
+        self.hooks_sent = 0
         self.job_id = job_id
         self.attempt = attempt
         self.every = st.settings.cancel_check_seconds
@@ -88,6 +95,11 @@ class _Progress:
         self.written = now
         if self.st.store.progress(self.job_id, self.last, self.attempt):
             raise JobCanceled(self.job_id)
+        if self.rec is not None and now - self.hooked >= self.st.settings.webhook_progress_seconds:
+            self.hooked, self.hooks_sent = now, self.hooks_sent + 1
+            name = f"progress.{self.attempt}.{self.hooks_sent}"
+            rec = {**self.rec, "progress": self.last}
+            self.st.hooks.safe_emit(self.job_id, "progress", name=name, rec=rec)
 
     def final(self) -> dict[str, Any]:
         """The last round, rounds, step and q_C seen, at 100 percent."""
@@ -119,6 +131,8 @@ def run_job(job_id: str) -> str:
     ctx = {"job_id": job_id}
     if verdict != "run":
         log.info("job not run", extra={**ctx, "verdict": verdict, "info": info})
+        if verdict in ("canceled", "exhausted"):
+            st.hooks.safe_emit(job_id, "canceled" if verdict == "canceled" else "failed")
         return verdict
     attempt = int(info)
     ctx["attempt"] = str(attempt)
@@ -128,7 +142,9 @@ def run_job(job_id: str) -> str:
     t0 = time.monotonic()
     log.info("job started", extra={**ctx, "kind": kind})
 
-    progress = _Progress(st, job_id, attempt)
+    hook = webhook_of(rec)
+    wants_progress = hook is not None and "progress" in hook.get("events", ())
+    progress = _Progress(st, job_id, attempt, rec if wants_progress else None)
 
     def finish(status: str, fields: dict[str, Any]) -> str:
         took = time.monotonic() - t0
@@ -137,6 +153,8 @@ def run_job(job_id: str) -> str:
             "job finished" if ok else "job finished, attempt superseded",
             extra={**ctx, "kind": kind, "status": status, "seconds": round(took, 3)},
         )
+        if ok and hook is not None:
+            st.hooks.safe_emit(job_id, status)
         return status
 
     try:

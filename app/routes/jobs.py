@@ -15,6 +15,7 @@ from app.events import HubFull, Subscription
 from app.guard import Principal
 from app.problems import Problem
 from app.views import job_view
+from app.webhooks import emit_canceled, webhook_view
 from core.store import TERMINAL
 from specs import JobKind, JobStatus
 
@@ -61,7 +62,12 @@ async def list_jobs(
 @router.get("/{job_id}")
 async def get_job(job_id: JobId, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """The job: status, progress, attempts, parameters, error, result with artifact URLs."""
-    return job_view(await _job(services, principal, job_id))
+    rec = await _job(services, principal, job_id)
+    view = job_view(rec)
+    hook = await webhook_view(services, rec)
+    if hook is not None:
+        view["webhook"] = hook
+    return view
 
 
 @router.post("/{job_id}/cancel", responses={409: {"description": "already finished"}})
@@ -78,6 +84,8 @@ async def cancel_job(job_id: JobId, services: ServicesDep, principal: PrincipalD
         )
     rec = await services.store.get(job_id)
     assert rec is not None
+    if verdict == "canceled":
+        await emit_canceled(services, rec)
     return JSONResponse(job_view(rec), status_code=200 if verdict == "canceled" else 202)
 
 

@@ -19,6 +19,7 @@ from app.guard import ANONYMOUS, Principal
 from app.kinds import KINDS, KindDef, check_names
 from app.problems import Problem
 from app.views import job_urls
+from app.webhooks import check_webhook
 from core.queue import RUN_JOB_TASK, queue_key
 from core.store import IdempotencyConflict, body_hash
 from specs import SweepSpec, VisualizeSpec
@@ -127,6 +128,7 @@ async def queue_job(
     The record keeps the hash of the caller's API key (``owner``), an ``Idempotency-Key`` is
     scoped to that key, and a key with ``TIVIS_MAX_QUEUED_PER_KEY`` queued jobs gets 429.
     ``cost`` (the job's estimate) is stored in the record and echoed."""
+    await check_webhook(services, body)
     job_id = job_id or uuid.uuid4().hex
     idem = None
     if idempotency_key:
