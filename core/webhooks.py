@@ -3,7 +3,8 @@
 A job whose spec names ``webhook: {url, events}`` gets one **delivery** per event it asked for:
 ``succeeded``, ``failed``, ``canceled`` (one each, id ``msg_<job>_<event>``, stable across retries
 so receivers can drop duplicates) and ``progress`` (at most one every
-``TIVIS_WEBHOOK_PROGRESS_SECONDS``, one attempt each: a later event supersedes it).
+``TIVIS_WEBHOOK_PROGRESS_SECONDS``, one attempt each, and one not yet sent when a newer one
+exists is skipped as ``superseded``, so a slow receiver never piles up a backlog of them).
 
 Flow (every step in Redis, so nothing is lost when a process dies):
 
@@ -55,16 +56,18 @@ from core.store import decode_record
 DELIVER_TASK = "tivis.webhook.deliver"
 """The Celery task (sent by name to ``TIVIS_WEBHOOK_QUEUE``) that makes one delivery attempt."""
 
-FINAL = ("delivered", "failed", "refused")
+FINAL = ("delivered", "failed", "refused", "superseded")
 TOLERANCE_SECONDS = 300
 """How far a ``webhook-timestamp`` may be from the receiver's clock (replay protection)."""
 MAX_PROGRESS_SHOWN = 5
 log = logging.getLogger("tivis.webhooks")
 
-# Write a delivery once. KEYS: deliveries, due; ARGV: name, entry, body, member, score, ttl
+# Write a delivery once. KEYS: deliveries, due; ARGV: name, entry, body, member, score, ttl,
+# progress ("1": the job's newest progress delivery, which supersedes older unsent ones)
 _EMIT = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1] .. '#body', ARGV[3])
+if ARGV[7] == '1' then redis.call('HSET', KEYS[1], '#progress', ARGV[1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
@@ -307,7 +310,8 @@ def _emit_args(
     }
     body = json.dumps(payload(rec, event, now), separators=(",", ":"))
     keys = [deliveries_key(prefix, job_id), due_key(prefix)]
-    return keys, [name, json.dumps(entry), body, f"{job_id}|{name}", repr(now), ttl]
+    progress = "1" if event == "progress" else "0"
+    return keys, [name, json.dumps(entry), body, f"{job_id}|{name}", repr(now), ttl, progress]
 
 
 class Emitter:
@@ -370,7 +374,7 @@ def shown_deliveries(raw: Mapping[Any, Any]) -> list[dict[str, Any]]:
     entries = []
     for k, v in raw.items():
         key = k.decode() if isinstance(k, bytes) else str(k)
-        if not key.endswith("#body"):
+        if "#" not in key:
             entries.append(json.loads(v))
     entries.sort(key=lambda e: (e.get("created_at") or 0.0, e.get("id", "")))
     progress = [e for e in entries if e.get("event") == "progress"]
@@ -412,11 +416,19 @@ def deliver(client: redis.Redis, settings: Settings, member: str) -> str:
     prefix = settings.key_prefix
     job_id, _, name = member.partition("|")
     key, due = deliveries_key(prefix, job_id), due_key(prefix)
-    raw, body = cast(list[bytes | None], client.hmget(key, [name, f"{name}#body"]))
+    raw, body, newest = cast(
+        list[bytes | None], client.hmget(key, [name, f"{name}#body", "#progress"])
+    )
     if raw is None or body is None:
         client.zrem(due, member)
         return "missing"
     entry = json.loads(raw)
+    if entry["event"] == "progress" and newest is not None and newest.decode() != name:
+        entry["status"] = "superseded"  # a newer progress event is on its way: skip this one
+        pipe = client.pipeline(transaction=True)
+        pipe.hset(key, name, json.dumps(entry))
+        pipe.zrem(due, member)
+        pipe.execute()
     if entry["status"] in FINAL:
         client.zrem(due, member)
         return str(entry["status"])

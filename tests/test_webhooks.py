@@ -211,3 +211,20 @@ def test_a_timeout_is_retried_later(redis_server: Any) -> None:
     raw = store.r.hgetall(webhooks.deliveries_key(settings.key_prefix, job_id))
     (entry,) = webhooks.shown_deliveries(raw)
     assert "timed out" in entry["last_error"] and entry["status"] == "retrying"
+
+
+def test_progress_is_one_attempt_and_older_unsent_ones_are_superseded(redis_server: Any) -> None:
+    settings, store, emitter = _settings(
+        redis_server, webhook_allow_private=True, webhook_retry_schedule="0,0"
+    )
+    with Receiver(default=500) as rx:
+        job_id = _job(store, {"url": rx.url, "events": ["progress"]}, status="running")
+        rec = store.get(job_id)
+        for n in (1, 2, 3):
+            assert emitter.emit(job_id, "progress", name=f"progress.1.{n}", rec=rec)
+        assert sorted(_drain(store.r, settings)) == ["failed", "superseded", "superseded"]
+        assert len(rx.snapshot()) == 1  # only the newest was sent, once (no retry)
+    assert json.loads(rx.snapshot()[0].body)["type"] == "job.progress"
+    raw = store.r.hgetall(webhooks.deliveries_key(settings.key_prefix, job_id))
+    statuses = [e["status"] for e in webhooks.shown_deliveries(raw)]
+    assert statuses == ["superseded", "superseded", "failed"]
