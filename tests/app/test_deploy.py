@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from app.commands import WORKER_ARGS, api_args
+from app.commands import WEBHOOK_ARGS, WORKER_ARGS, api_args
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +36,8 @@ def test_compose_commands_are_the_embedded_commands() -> None:
     services = compose()["services"]
     assert services["worker"]["command"] == ["python", "-m", *WORKER_ARGS]
     assert services["api"]["command"] == ["python", "-m", *api_args("0.0.0.0", 8000, 2)]
+    assert services["webhooks"]["command"] == ["python", "-m", *WEBHOOK_ARGS]
+    assert services["webhooks"]["build"]["dockerfile"] == "Dockerfile.api"  # no torch
     # and the images' default commands are the same
     for dockerfile, cmd in (("Dockerfile.api", services["api"]["command"]),
                             ("Dockerfile.gpu", services["worker"]["command"])):  # fmt: skip

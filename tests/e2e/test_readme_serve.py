@@ -82,7 +82,7 @@ def test_readme_serve_command_end_to_end(models_dir: Path, tmp_path: Path) -> No
             for rec in (json.loads(ln) for ln in list(lines) if ln.startswith("{"))
             if rec.get("logger") == "tivis.embedded" and rec.get("event") == "started"
         ]
-        assert len(pids) == 3, "".join(lines[-50:])  # redis, worker, api
+        assert len(pids) == 4, "".join(lines[-50:])  # redis, worker, webhooks, api
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         assert proc.wait(60) == 0, "".join(lines[-50:])
         wait_for(lambda: not any(alive(p) for p in pids), 10, "all processes to exit")

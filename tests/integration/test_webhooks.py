@@ -204,8 +204,10 @@ def test_refused_receivers_are_a_422_at_submission(hooked: Service) -> None:
         # the same check for uploads (classify, JSON with an artifact reference)
         r = c.post("/classify", json={"images": [{"job": "x", "artifact": "y.png"}],
                                       "webhook": {"url": "http://10.0.0.1/h"}})  # fmt: skip
-        assert r.status_code == 422 and r.json()["errors"][0]["field"] in ("webhook.url",
-                                                                           "images[0]")
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] in (
+            "webhook.url",
+            "images[0]",
+        )
         r = c.post("/visualize", json={**QUICK, "targets": [1], "webhook": {"url": "ftp://x/"}})
         assert r.status_code == 422 and r.json()["errors"][0]["field"] == "webhook.url"
     nosecret = settings.model_copy(update={"webhook_secret": ""})
