@@ -111,8 +111,9 @@ def test_entropy_sweep_classify_and_screen(live: Live) -> None:
                                     schedule=QUICK["schedule"],
                                     optimizer=QUICK["optimizer"])  # fmt: skip
         cls = tivis.classify([("cat.png", chelsea)], models=["tiny"], top_k=3)
-        scr = tivis.screen(("cat.png", chelsea), ScreenSpec.model_validate(
-            {"models": ["tiny"], "rectangles": [{"x": 0, "y": 0, "width": 100, "height": 100}]}))  # fmt: skip
+        rect = {"x": 0, "y": 0, "width": 100, "height": 100}
+        screen = ScreenSpec.model_validate({"models": ["tiny"], "rectangles": [rect]})
+        scr = tivis.screen(("cat.png", chelsea), screen)
         for job in (sweep, cls, scr):
             job.wait(timeout=180 * SLOW)
             assert job.status == "succeeded", job.data
@@ -141,9 +142,9 @@ def test_errors_carry_the_problem_detail_and_fields(live: Live) -> None:
     with Client(live.url, "wrong-key") as bad, pytest.raises(TivisError) as err:
         bad.jobs()
     assert err.value.status == 401 and "not valid" in err.value.detail
-    with Client(f"http://127.0.0.1:{free_port()}", KEY, retries=1, backoff=0.01) as down:
-        with pytest.raises(TivisError) as err:
-            down.jobs()
+    down = Client(f"http://127.0.0.1:{free_port()}", KEY, retries=1, backoff=0.01)
+    with down, pytest.raises(TivisError) as err:
+        down.jobs()
     assert err.value.status == 0
 
 
@@ -217,9 +218,12 @@ def test_async_client(live: Live, tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def _tivis(live: Live, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:  # noqa: E501
+def _tivis(
+    live: Live, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("TIVIS_")}
-    environ.update(PYTHONPATH=str(ROOT), TIVIS_URL=live.url, TIVIS_API_KEY=KEY, **(env or {}))
+    environ.update(PYTHONPATH=str(ROOT), TIVIS_URL=live.url, TIVIS_API_KEY=KEY)
+    environ.update(env or {})
     return subprocess.run([sys.executable, "-m", "tivis_client", *args], cwd=live.tmp,
                           env=environ, capture_output=True, text=True,
                           timeout=300 * SLOW)  # fmt: skip

@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from integration.harness import ROOT, Worker, wait_for
 from integration.test_service import LONG, QUICK, SLOW, Service, start_service
+from photos import photo
 from receiver import Receiver
 
 from app.commands import WEBHOOK_ARGS
@@ -201,13 +202,11 @@ def test_refused_receivers_are_a_422_at_submission(hooked: Service) -> None:
             p = r.json()
             assert r.headers["content-type"].startswith("application/problem+json")
             assert p["errors"][0]["field"] == "webhook.url" and says in p["detail"], p
-        # the same check for uploads (classify, JSON with an artifact reference)
-        r = c.post("/classify", json={"images": [{"job": "x", "artifact": "y.png"}],
-                                      "webhook": {"url": "http://10.0.0.1/h"}})  # fmt: skip
-        assert r.status_code == 422 and r.json()["errors"][0]["field"] in (
-            "webhook.url",
-            "images[0]",
-        )
+        # the same check for uploads (classify, multipart)
+        spec = {"models": ["tiny"], "webhook": {"url": "http://10.0.0.1/h"}}
+        r = c.post("/classify", files=[("images", ("cat.png", photo("chelsea.png"), "image/png"))],
+                   data={"spec": json.dumps(spec)})  # fmt: skip
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "webhook.url", r.text
         r = c.post("/visualize", json={**QUICK, "targets": [1], "webhook": {"url": "ftp://x/"}})
         assert r.status_code == 422 and r.json()["errors"][0]["field"] == "webhook.url"
     nosecret = settings.model_copy(update={"webhook_secret": ""})
