@@ -12,7 +12,7 @@ WORKER_ARGS: tuple[str, ...] = (
 
 WEBHOOK_ARGS: tuple[str, ...] = (
     "celery", "-A", "webhooks.celery_app", "worker", "--hostname", "webhooks@%h",
-    "--pool", "threads", "--concurrency", "8",
+    "--pool", "threads", "--concurrency", "32",
     "--without-gossip", "--without-mingle", "--loglevel", "INFO",
 )  # fmt: skip
 """``python -m`` + these: the webhook worker (its own queue, threads, no torch)."""

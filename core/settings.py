@@ -118,6 +118,10 @@ class Settings(BaseSettings):
         description="seconds to wait before each retry (comma-separated); the default retries "
         "for 27.6 hours (8 attempts)",
     )
+    webhook_per_host: int = Field(
+        default=4, ge=1, le=1000, description="sends in flight to one receiver (host and port) at "
+        "once; the others wait, so a slow receiver cannot take every thread of the worker",
+    )  # fmt: skip
     webhook_progress_seconds: float = Field(
         default=5.0, gt=0.0, description="at most one progress event per job this often"
     )

@@ -60,6 +60,8 @@ FINAL = ("delivered", "failed", "refused", "superseded")
 TOLERANCE_SECONDS = 300
 """How far a ``webhook-timestamp`` may be from the receiver's clock (replay protection)."""
 MAX_PROGRESS_SHOWN = 5
+DEFER_SECONDS = 1.0
+"""A delivery whose receiver has no free sending slot is looked at again after this long."""
 log = logging.getLogger("tivis.webhooks")
 
 # Write a delivery once. KEYS: deliveries, due; ARGV: name, entry, body, member, score, ttl,
@@ -71,6 +73,15 @@ if ARGV[7] == '1' then redis.call('HSET', KEYS[1], '#progress', ARGV[1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
+return 1
+"""
+
+# Take a sending slot of one receiver. KEYS: slots; ARGV: now, token, until, limit
+_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3]) - tonumber(ARGV[1])) + 1)
 return 1
 """
 
@@ -94,6 +105,13 @@ def deliveries_key(prefix: str, job_id: str) -> str:
 def due_key(prefix: str) -> str:
     """Sorted set: ``<job id>|<delivery name>`` by the time it is due (or its claim expires)."""
     return f"{prefix}:webhooks:due"
+
+
+def slots_key(prefix: str, url: str) -> str:
+    """Sorted set: the sends now in flight to one receiver (host and port), by when they end at
+    the latest; at most ``TIVIS_WEBHOOK_PER_HOST`` of them."""
+    parts = urlsplit(url)
+    return f"{prefix}:webhooks:inflight:{(parts.hostname or '').lower()}:{parts.port or ''}"
 
 
 def message_id(job_id: str, name: str) -> str:
@@ -433,6 +451,26 @@ def deliver(client: redis.Redis, settings: Settings, member: str) -> str:
         client.zrem(due, member)
         return str(entry["status"])
     now = time.time()
+    slots, token = slots_key(prefix, entry["url"]), f"{member}|{now!r}"
+    until = now + 2 * settings.webhook_timeout + 30
+    took = client.register_script(_SLOT)(
+        keys=[slots], args=[repr(now), token, repr(until), settings.webhook_per_host]
+    )
+    if not took:  # this receiver already has its share of the threads: try again shortly
+        client.zadd(due, {member: now + DEFER_SECONDS})
+        return "deferred"
+    try:
+        return _attempt(client, settings, member, entry, body, now)
+    finally:
+        client.zrem(slots, token)
+
+
+def _attempt(
+    client: redis.Redis, settings: Settings, member: str, entry: dict[str, Any], body: bytes,
+    now: float,
+) -> str:  # fmt: skip
+    job_id, _, name = member.partition("|")
+    key, due = deliveries_key(settings.key_prefix, job_id), due_key(settings.key_prefix)
     attempt = int(entry["attempts"]) + 1
     stamp = int(now)
     headers = {

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from integration.harness import new_prefix
+from integration.harness import new_prefix, wait_for
 from pydantic import ValidationError
 from receiver import Receiver
 
@@ -228,3 +228,23 @@ def test_progress_is_one_attempt_and_older_unsent_ones_are_superseded(redis_serv
     raw = store.r.hgetall(webhooks.deliveries_key(settings.key_prefix, job_id))
     statuses = [e["status"] for e in webhooks.shown_deliveries(raw)]
     assert statuses == ["superseded", "superseded", "failed"]
+
+
+def test_a_receiver_gets_at_most_its_share_of_sending_threads(redis_server: Any) -> None:
+    settings, store, emitter = _settings(redis_server, webhook_allow_private=True,
+                                         webhook_per_host=1)  # fmt: skip
+    with Receiver() as rx:
+        job_id = _job(store, {"url": rx.url})
+        emitter.emit(job_id, "succeeded")
+        slots = webhooks.slots_key(settings.key_prefix, rx.url)
+        store.r.zadd(slots, {"another send": time.time() + 60})  # one send already in flight
+        assert _drain(store.r, settings) == ["deferred"]
+        assert rx.snapshot() == []
+        due = store.r.zscore(webhooks.due_key(settings.key_prefix), f"{job_id}|succeeded")
+        assert due is not None and due <= time.time() + webhooks.DEFER_SECONDS
+        store.r.zadd(slots, {"another send": time.time() - 1})  # it ended (or its worker died)
+        wait_for(lambda: _drain(store.r, settings) == ["delivered"], 10, "the delivery")
+        assert len(rx.snapshot()) == 1 and store.r.zcard(slots) == 0
+    (entry,) = webhooks.shown_deliveries(
+        store.r.hgetall(webhooks.deliveries_key(settings.key_prefix, job_id)))  # fmt: skip
+    assert entry["attempts"] == 1  # a deferral is not an attempt
