@@ -29,6 +29,7 @@ from integration.harness import RedisServer, new_prefix, service_env, wait_for  
 from receiver import Receiver  # noqa: E402
 
 from app.commands import WEBHOOK_ARGS  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from core.store import JobStore  # noqa: E402
 from core.webhooks import Emitter  # noqa: E402
 
@@ -84,7 +85,9 @@ def main() -> None:
     proc = subprocess.Popen([sys.executable, "-m", *WEBHOOK_ARGS], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
-    out: dict[str, Any] = {"poll_seconds": 0.1, "threads": 8, "timeout_s": args.timeout}
+    threads = int(WEBHOOK_ARGS[WEBHOOK_ARGS.index("--concurrency") + 1])
+    out: dict[str, Any] = {"poll_seconds": 0.1, "threads": threads, "timeout_s": args.timeout,
+                           "per_host": Settings().webhook_per_host}  # fmt: skip
     try:
         wait_for(lambda: b"webhook worker ready" in (tmp / "webhooks.log").read_bytes(), 120,
                  "the webhook worker")  # fmt: skip
