@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 
 from core.store import JobStore
+from core.webhooks import Emitter
 
 log = logging.getLogger("tivis.reaper")
 
@@ -48,6 +49,10 @@ class Reaper:
             verdict, attempts = self.store.reap(job_id, worker, self.queue, self.message(job_id))
             if verdict in ("requeued", "canceled"):
                 claimed.append((job_id, verdict, attempts))
+                if verdict == "canceled":
+                    Emitter(self.store.r, self.store.keys.prefix, self.store.ttl).safe_emit(
+                        job_id, "canceled"
+                    )
                 log.warning(
                     "job of a lost worker " + verdict,
                     extra={"job_id": job_id, "lost_worker": worker, "attempts": attempts},
