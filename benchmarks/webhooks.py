@@ -43,8 +43,9 @@ def _jobs(store: JobStore, emitter: Emitter, urls: list[str], n: int) -> dict[st
     for i in range(n):
         job_id = f"bench{i:05d}{time.time_ns()}"
         spec = {"targets": [1], "webhook": {"url": urls[i % len(urls)], "events": ["succeeded"]}}
-        store.create(job_id, "visualize", spec)
-        store.r.hset(store.keys.job(job_id), "status", "succeeded")
+        store.r.hset(store.keys.job(job_id), mapping={
+            "id": job_id, "kind": "visualize", "status": "succeeded", "attempts": "0",
+            "created_at": repr(time.time()), "spec": json.dumps(spec)})  # fmt: skip
         sent[job_id] = time.time()
         emitter.emit(job_id, "succeeded")
     return sent

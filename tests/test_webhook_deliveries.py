@@ -114,9 +114,10 @@ def test_retry_schedule_setting() -> None:
 def _job(store: JobStore, hook: dict[str, Any] | None, status: str = "succeeded") -> str:
     job_id = f"j{time.time_ns()}"
     spec = VisualizeSpec.model_validate({"targets": [1], "webhook": hook}).model_dump(mode="json")
-    store.create(job_id, "visualize", spec)
-    store.r.hset(store.keys.job(job_id), mapping={"status": status,
-                                                  "finished_at": repr(time.time())})  # fmt: skip
+    now = repr(time.time())
+    store.r.hset(store.keys.job(job_id), mapping={
+        "id": job_id, "kind": "visualize", "status": status, "created_at": now, "attempts": "0",
+        "finished_at": now, "spec": json.dumps(spec)})  # fmt: skip
     return job_id
 
 
