@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -129,6 +130,23 @@ class Settings(BaseSettings):
         default=0.5, gt=0.0, le=60.0, description="how often the webhook worker looks for due "
         "deliveries",
     )  # fmt: skip
+    # Artifact store (issue 10): files outside Redis
+    artifacts_url: str = Field(
+        default="",
+        description="where artifacts go: file:///path or a path (default <data dir>/artifacts), "
+        "or s3://bucket/prefix (S3-compatible, see the s3_* settings)",
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="e.g. http://minio:9000")
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_create_bucket: bool = Field(default=False, description="create the bucket if missing")
+    artifacts_cleanup_seconds: float = Field(
+        default=3600.0, gt=0.0, description="how often a worker deletes expired artifacts"
+    )
+
+    # Atlas jobs (issue 10)
+    atlas_chunk_size: int = Field(default=8, ge=1, le=64, description="classes per atlas chunk")
 
     # Embedded run
     data_dir: Path = Field(default=Path(".tivis"), description="embedded Redis data and socket")
