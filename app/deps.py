@@ -15,6 +15,7 @@ from app.catalog import Catalog
 from app.events import EventHub
 from app.guard import ANONYMOUS, PRINCIPAL, Principal
 from app.problems import Problem
+from core.artifacts import ArtifactStore, store_from_settings
 from core.modelstore import registered_catalog, store_stamp
 from core.queue import MessageTemplate
 from core.settings import Settings
@@ -31,10 +32,18 @@ class Services:
     celery: Celery
     events: EventHub
     template: MessageTemplate | None = None
+    _artifacts: ArtifactStore | None = None
     _catalog: Catalog | None = None
     _catalog_at: float = 0.0
     _store_stamp: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        """The artifact store of ``TIVIS_ARTIFACTS_URL`` (opened on first use)."""
+        if self._artifacts is None:
+            self._artifacts = store_from_settings(self.settings)
+        return self._artifacts
 
     async def catalog(self, *, fresh: bool = False) -> Catalog:
         """The published catalog, cached for ``catalog_cache_seconds``."""

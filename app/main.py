@@ -21,7 +21,7 @@ from app import problems
 from app.deps import Services, require_api_key
 from app.events import EventHub
 from app.guard import Guard
-from app.routes import classify, health, jobs, models, submit
+from app.routes import atlas, classify, health, jobs, models, submit
 from core.logs import configure_logging
 from core.queue import (
     MessageTemplate,
@@ -120,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(submit.router, dependencies=secured)
     app.include_router(classify.router, dependencies=secured)
     app.include_router(jobs.router, dependencies=secured)
+    app.include_router(atlas.router, dependencies=secured)
 
     base_openapi = app.openapi
 

@@ -19,7 +19,7 @@ def job_urls(job_id: str) -> dict[str, str]:
     return {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel"}
 
 
-URL_KEYS = ("image", "panel", "screened", "grid")
+URL_KEYS = ("image", "panel", "screened", "grid", "index", "contact_sheet")
 """Result keys whose value may name an artifact; each such value gets a ``<key>_url`` beside it."""
 
 

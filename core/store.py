@@ -8,10 +8,14 @@ state). Every key lives under ``<prefix>:`` and carries a TTL.
 Layout (``P`` = prefix):
 
 - ``P:job:<id>``                hash: the job record (status, kind, spec, progress, result, ...)
-- ``P:job:<id>:artifacts``      hash: artifact name -> bytes (written once, at success)
+- ``P:job:<id>:artifacts``      hash: artifact name -> JSON pointer ``{key, media_type, size,
+  etag}`` into the artifact store (``core.artifacts``; the bytes live there, not in Redis);
+  written once, at success (an atlas: per chunk, see ``core.chunks``)
 - ``P:job:<id>:uploads``        hash: upload name -> image bytes of a classify/screen job
   (written with the record, in the same transaction; read by the worker)
-- ``P:job:<id>:staging:<n>``    hash: artifacts of attempt ``n`` until it succeeds
+- ``P:job:<id>:staging:<n>``    hash: artifact pointers of attempt ``n`` until it succeeds
+- ``P:job:<id>:chunks``         hash (atlas): chunk number -> JSON {classes, worker, ...} once
+  published; ``P:job:<id>:chunk_attempts`` hash: chunk number -> starts (``core.chunks``)
 - ``P:jobs``                    sorted set: every job id by creation time (for listing)
 - ``P:idem:<key>``              string: ``<job id>|<body hash>`` of an ``Idempotency-Key``
   (the API scopes the key to the API key that sent it)
@@ -33,7 +37,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -267,6 +271,13 @@ class Keys:
 
     def staging(self, job_id: str, attempt: int | str) -> str:
         return f"{self.prefix}:job:{job_id}:staging:{attempt}"
+
+    def chunks(self, job_id: str) -> str:
+        """An atlas's finished chunks: chunk number -> JSON of its classes (``core.chunks``)."""
+        return f"{self.prefix}:job:{job_id}:chunks"
+
+    def chunk_attempts(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:chunk_attempts"
 
     @property
     def index(self) -> str:
@@ -552,9 +563,10 @@ class AsyncJobStore(_Base):
             return out, encode_cursor(last["_score"], last["id"])
         return out, None
 
-    async def artifact(self, job_id: str, name: str) -> bytes | None:
+    async def artifact(self, job_id: str, name: str) -> dict[str, Any] | None:
+        """The published pointer of artifact ``name`` (``{key, media_type, size, etag}``)."""
         data = await self.r.hget(self.keys.artifacts(job_id), name)
-        return cast(bytes | None, data)
+        return json.loads(data) if data else None
 
     async def has_artifact(self, job_id: str, name: str) -> bool:
         return bool(await self.r.hexists(self.keys.artifacts(job_id), name))
@@ -700,12 +712,27 @@ class JobStore(_Base):
             pipe.execute()
         return bool(ok)
 
+    def artifact(self, job_id: str, name: str) -> dict[str, Any] | None:
+        """The published pointer of artifact ``name`` (``{key, media_type, size, etag}``)."""
+        data = cast(bytes | None, self.r.hget(self.keys.artifacts(job_id), name))
+        return json.loads(data) if data else None
+
+    def artifact_pointers(self, job_id: str) -> dict[str, dict[str, Any]]:
+        """Every published artifact of the job: name -> pointer."""
+        raw = cast(dict[bytes, bytes], self.r.hgetall(self.keys.artifacts(job_id)))
+        return {_s(k) or "": json.loads(v) for k, v in raw.items()}
+
     def images(
-        self, job_id: str, uploads: Iterable[str], refs: Iterable[tuple[str, str]]
+        self,
+        job_id: str,
+        uploads: Iterable[str],
+        refs: Iterable[tuple[str, str]],
+        read: Callable[[dict[str, Any]], bytes] | None = None,
     ) -> dict[str, bytes]:
         """The input images of a classify/screen job: its ``uploads`` by name, and artifacts of
-        other jobs keyed ``job/artifact`` (``refs`` as ``(job, artifact)``). ``ValueError``
-        naming what is gone (expired)."""
+        other jobs keyed ``job/artifact`` (``refs`` as ``(job, artifact)``; ``read`` turns a
+        published pointer into the bytes, from the artifact store). ``ValueError`` naming what
+        is gone (expired)."""
         ups, rs = list(uploads), list(refs)
         pipe = self.r.pipeline(transaction=False)
         for name in ups:
@@ -717,7 +744,11 @@ class JobStore(_Base):
         missing = [n for n, v in zip(names, values, strict=True) if v is None]
         if missing:
             raise ValueError(f"input image(s) gone from Redis (expired?): {', '.join(missing)}")
-        return {n: cast(bytes, v) for n, v in zip(names, values, strict=True)}
+        out = {n: cast(bytes, v) for n, v in zip(names, values, strict=True)}
+        if read is not None:
+            for ref_job, art in rs:
+                out[f"{ref_job}/{art}"] = read(json.loads(out[f"{ref_job}/{art}"]))
+        return out
 
     def artifact_names(self, job_id: str) -> list[str]:
         return sorted(

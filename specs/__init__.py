@@ -325,5 +325,7 @@ class SweepSpec(OptimizeSpec):
         return v
 
 
-JobKind = Literal["visualize", "sweep", "classify", "screen", "compare", "validate_model"]
+JobKind = Literal[
+    "visualize", "sweep", "classify", "screen", "compare", "validate_model", "atlas"
+]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]

@@ -11,14 +11,16 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from specs import SweepSpec, VisualizeSpec
+from specs.atlas import AtlasSpec
 from specs.classify import ClassifySpec, ScreenSpec
 from specs.models import CompareSpec, ValidateModelSpec
 
 
 @dataclass(frozen=True)
 class KindDef:
-    """A job kind: its spec model, the path it is submitted at, and whether it takes images
-    (uploads or artifact references of finished jobs)."""
+    """A job kind: its spec model, the path it is submitted at, whether it takes images
+    (uploads or artifact references of finished jobs), and whether the service fans it out in
+    chunks over the worker pool (``worker.atlas_tasks``) instead of running it in one task."""
 
     kind: str
     spec: type[BaseModel]
@@ -27,6 +29,7 @@ class KindDef:
     images: bool = False
     internal: bool = False
     """Queued by the service itself (no submit route; e.g. a registration's validation)."""
+    fanout: bool = False
 
 
 KINDS: dict[str, KindDef] = {
@@ -62,5 +65,12 @@ KINDS: dict[str, KindDef] = {
         "/models",
         "Validate a registered model before it is listed",
         internal=True,
+    ),
+    "atlas": KindDef(
+        "atlas",
+        AtlasSpec,
+        "/atlas",
+        "An atlas: every class of a model, in chunks over all workers",
+        fanout=True,
     ),
 }

@@ -104,7 +104,9 @@ def test_expire_removes_old_objects_only(store: ArtifactStore) -> None:
 
 
 def test_write_all_gives_pointers(store: ArtifactStore) -> None:
-    ptrs = write_all(store, "j9", "a3", [("a.png", b"png", "image/png"), ("b.json", b"{}", "application/json")])
+    ptrs = write_all(
+        store, "j9", "a3", [("a.png", b"png", "image/png"), ("b.json", b"{}", "application/json")]
+    )
     assert ptrs["a.png"]["key"] == "j9/a3/a.png" and ptrs["a.png"]["media_type"] == "image/png"
     assert ptrs["b.json"]["size"] == 2
     assert store.get("j9/a3/b.json") == b"{}"
@@ -159,4 +161,6 @@ def test_open_store_by_url(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         open_store("ftp://host/x")
     default = store_from_settings(Settings(data_dir=tmp_path))
-    assert isinstance(default, DirectoryStore) and default.root == (tmp_path / "artifacts").resolve()
+    assert (
+        isinstance(default, DirectoryStore) and default.root == (tmp_path / "artifacts").resolve()
+    )

@@ -29,7 +29,7 @@ from core.store import JobStore
 from core.webhooks import Emitter
 
 settings = get_settings()
-app = Celery("tivis", include=["worker.tasks"])
+app = Celery("tivis", include=["worker.tasks", "worker.atlas_tasks"])
 app.conf.update(celery_config(settings))
 log = logging.getLogger("tivis.worker")
 _worker_name: str | None = None

@@ -9,15 +9,23 @@ exactly one set.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel
 
+from core.artifacts import (
+    ArtifactStoreError,
+    attempt_key,
+    store_from_settings,
+    sweep_job,
+    write_all,
+)
 from core.queue import RUN_JOB_TASK
 from core.settings import get_settings
 from core.store import JobStore
@@ -49,6 +57,7 @@ class _State:
         self.hooks = Emitter(self.store.r, s.key_prefix, s.ttl_seconds)
         self.registry = Registry(s.models_dir, s.weights_dir, s.torch_home, s.model_store)
         self.runtime = Runtime(amp=s.amp, channels_last=s.channels_last)
+        self.artifacts = store_from_settings(s)
         self.pid = os.getpid()
 
 
@@ -116,11 +125,26 @@ def _images(st: _State, job_id: str, spec: BaseModel) -> dict[str, bytes]:
         raise TypeError(f"{type(spec).__name__} takes no images")
     uploads = [r for r in refs if isinstance(r, str)]
     others = [(r.job, r.artifact) for r in refs if isinstance(r, ArtifactRef)]
-    return st.store.images(job_id, uploads, others)
+    return st.store.images(job_id, uploads, others, read=lambda p: st.artifacts.get(p["key"]))
 
 
 def _error(exc: BaseException) -> dict[str, str]:
     return {"type": type(exc).__name__, "message": str(exc)}
+
+
+def clean_up(st: _State, job_id: str, token: str, *, published: bool) -> None:
+    """After an attempt ended: if it was the job's current one, delete every file of the job
+    that no published pointer names (earlier, lost attempts); if it was superseded, delete its
+    own files. Best effort: what stays behind goes with the TTL cleanup."""
+    try:
+        if published:
+            keep = [p["key"] for p in st.store.artifact_pointers(job_id).values()]
+            sweep_job(st.artifacts, job_id, keep)
+        else:
+            own = [o.key for o in st.artifacts.list(attempt_key(job_id, token, ""))]
+            st.artifacts.delete(own)
+    except Exception:
+        log.exception("artifact cleanup failed", extra={"job_id": job_id})
 
 
 @app.task(name=RUN_JOB_TASK)  # type: ignore[untyped-decorator]
@@ -149,6 +173,7 @@ def run_job(job_id: str) -> str:
     def finish(status: str, fields: dict[str, Any]) -> str:
         took = time.monotonic() - t0
         ok = st.store.finish(job_id, attempt, status, fields, kind=kind, duration=took)
+        clean_up(st, job_id, f"a{attempt}", published=ok)
         log.info(
             "job finished" if ok else "job finished, attempt superseded",
             extra={**ctx, "kind": kind, "status": status, "seconds": round(took, 3)},
@@ -162,6 +187,10 @@ def run_job(job_id: str) -> str:
         if run is None or kdef is None:
             raise ValueError(f"this worker cannot run jobs of kind {kind!r}")
         spec = kdef.spec.model_validate(rec["spec"])
+        if kdef.fanout:  # an atlas: its chunks run as tasks of their own and end the job
+            from worker.atlas_tasks import fan_out
+
+            return fan_out(st, job_id, cast(Any, spec), rec)
         jctx = JobContext(
             st.registry,
             device=st.settings.device,
@@ -182,7 +211,15 @@ def run_job(job_id: str) -> str:
     except Exception as exc:
         log.exception("job failed", extra={**ctx, "kind": kind})
         return finish("failed", {"error": _error(exc)})
-    st.store.stage_artifacts(job_id, attempt, ((a.name, a.data) for a in out.artifacts))
+    try:  # files first, under this attempt's prefix; published with the status below
+        files = [(a.name, a.data, a.media_type) for a in out.artifacts]
+        ptrs = write_all(st.artifacts, job_id, f"a{attempt}", files)
+    except ArtifactStoreError as exc:
+        log.exception("artifact store failed", extra={**ctx, "kind": kind})
+        return finish("failed", {"error": _error(exc)})
+    st.store.stage_artifacts(
+        job_id, attempt, ((n, json.dumps(p).encode()) for n, p in ptrs.items())
+    )
     listing = [
         {"name": a.name, "media_type": a.media_type, "size": len(a.data)} for a in out.artifacts
     ]

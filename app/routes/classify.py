@@ -21,6 +21,7 @@ from app.kinds import KINDS, KindDef
 from app.problems import Problem, validation_errors
 from app.routes.submit import IdemKey, JobAccepted, check_cost, queue_job, require_catalog
 from app.uploads import FILES_FIELD, SPEC_FIELD, BodyRejected, read_body
+from core.artifacts import ArtifactNotFound, ArtifactStoreError
 from specs.classify import (
     MAX_IMAGES,
     ArtifactRef,
@@ -59,6 +60,16 @@ def _parse_spec(kind: KindDef, text: str | None) -> ClassifySpec | ScreenSpec:
         ) from exc  # fmt: skip
 
 
+async def read_artifact(services: ServicesDep, ptr: dict[str, Any]) -> bytes | None:
+    """The bytes a published pointer names; ``None`` if the store lost them (expired)."""
+    try:
+        return await anyio.to_thread.run_sync(services.artifacts.get, str(ptr["key"]))
+    except ArtifactNotFound:
+        return None
+    except ArtifactStoreError as exc:
+        raise Problem(503, "artifact-store-unavailable", str(exc)) from exc
+
+
 async def _check_ref(
     services: ServicesDep,
     ref: ArtifactRef,
@@ -91,7 +102,8 @@ async def _check_ref(
             "unknown-artifact",
         )
     if isinstance(spec, ScreenSpec):
-        data = await store.artifact(ref.job, ref.artifact)
+        ptr = await store.artifact(ref.job, ref.artifact)
+        data = await read_artifact(services, ptr) if ptr else None
         if data is None:
             raise _reject(422, f"artifact {ref.artifact!r} of job {ref.job} expired", field)
         try:

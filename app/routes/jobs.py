@@ -6,11 +6,12 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from app.deps import PrincipalDep, ServicesDep
+from app.downloads import artifact_response
 from app.events import HubFull, Subscription
 from app.guard import Principal
 from app.problems import Problem
@@ -163,24 +164,23 @@ async def job_events(job_id: JobId, services: ServicesDep, principal: PrincipalD
 async def get_artifact(
     job_id: JobId,
     name: str,
+    request: Request,
     services: ServicesDep,
     principal: PrincipalDep,
     download: Annotated[bool, Query(description="1 or true: as an attachment")] = False,
 ) -> Response:
-    """An artifact of a finished job with its media type (PNG images, JSON reports)."""
+    """An artifact with its media type (PNG images, JSON reports), streamed from the artifact
+    store with ``ETag``, ``Content-Length`` and ``Range`` support (206). An atlas's class images
+    can be read as soon as their chunk finished."""
     rec = await _job(services, principal, job_id)
-    media = {a["name"]: a["media_type"] for a in rec.get("artifacts") or []}
-    if name not in media:
-        known = ", ".join(sorted(media)) or "none yet"
+    ptr = await services.store.artifact(job_id, name)
+    if ptr is None:
+        known = ", ".join(sorted(a["name"] for a in rec.get("artifacts") or [])) or "none yet"
         raise Problem(404, "artifact-not-found", f"job {job_id} has no artifact {name!r} ({known})")
-    data = await services.store.artifact(job_id, name)
-    if data is None:
-        raise Problem(404, "artifact-not-found", f"artifact {name!r} of job {job_id} expired")
-    headers = {"Cache-Control": "public, max-age=86400, immutable"}
+    cache, vary = "public, max-age=86400, immutable", None
     cfg = services.settings
     if cfg.api_key_set or cfg.admin_key_set:  # per key: no shared cache may keep it
-        headers["Cache-Control"] = "private, max-age=86400, immutable"
-        headers["Vary"] = "X-API-Key, Authorization"
-    if download:
-        headers["Content-Disposition"] = f'attachment; filename="{name}"'
-    return Response(data, media_type=media[name], headers=headers)
+        cache, vary = "private, max-age=86400, immutable", "X-API-Key, Authorization"
+    return await artifact_response(
+        request, services.artifacts, ptr, name, download=download, cache_control=cache, vary=vary
+    )

@@ -122,8 +122,10 @@ async def queue_job(
     *,
     principal: Principal = ANONYMOUS,
     cost: dict[str, int] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Store a checked job (with its ``uploads``, in the same transaction) and queue it: 202.
+    """Store a checked job (with its ``uploads`` and ``extra`` record fields, in the same
+    transaction) and queue it: 202.
 
     The record keeps the hash of the caller's API key (``owner``), an ``Idempotency-Key`` is
     scoped to that key, and a key with ``TIVIS_MAX_QUEUED_PER_KEY`` queued jobs gets 429.
@@ -143,16 +145,18 @@ async def queue_job(
             f"this API key already has {limit} queued jobs (TIVIS_MAX_QUEUED_PER_KEY); wait for "
             "some to start, or cancel some", headers={"Retry-After": "30"},
         )  # fmt: skip
-    extra = {"owner": principal.owner} if principal.owner else {}
+    fields = dict(extra or {})
+    if principal.owner:
+        fields["owner"] = principal.owner
     if cost is not None:
-        extra["cost"] = json.dumps(cost)
+        fields["cost"] = json.dumps(cost)
     enqueue = None
     if services.template is not None:  # record and broker message in one transaction
         enqueue = (queue_key(services.settings), services.template.render(job_id))
     try:
         job_id, created = await services.store.create(
             job_id, kind.kind, body, idempotency=idem, enqueue=enqueue, uploads=uploads,
-            extra=extra,
+            extra=fields or None,
         )  # fmt: skip
     except IdempotencyConflict as exc:
         raise Problem(

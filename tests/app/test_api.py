@@ -5,6 +5,8 @@ own store code (``JobStore``), the way a worker would."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +16,7 @@ from integration.harness import new_prefix
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
+from core.artifacts import store_from_settings, write_all
 from core.queue import queue_key
 from core.settings import Settings
 from core.store import JobStore
@@ -26,6 +29,16 @@ class Api:
         self.c = client
         self.store = store
         self.settings = settings
+        self.artifacts = store_from_settings(settings)
+
+    def stage(self, job_id: str, attempt: int, files: list[tuple[str, bytes]]) -> None:
+        """What a worker does before it finishes an attempt: write the files to the artifact
+        store under the attempt's prefix and stage their pointers."""
+        media = {"png": "image/png", "json": "application/json"}
+        typed = [(n, d, media.get(n.rsplit(".", 1)[-1], "application/octet-stream"))
+                 for n, d in files]  # fmt: skip
+        ptrs = write_all(self.artifacts, job_id, f"a{attempt}", typed)
+        self.store.stage_artifacts(job_id, attempt, [(n, json.dumps(p)) for n, p in ptrs.items()])
 
     def queued_messages(self) -> int:
         return int(self.store.r.llen(queue_key(self.settings)))
@@ -47,6 +60,8 @@ def _catalog() -> dict[str, Any]:
 
 def make_api(redis_server: Any, **overrides: Any) -> Iterator[Api]:
     prefix = new_prefix("api")
+    tmp = tempfile.mkdtemp(prefix="tivis-artifacts-")
+    overrides.setdefault("artifacts_url", tmp)
     settings = Settings(redis_url=redis_server.url, key_prefix=prefix, **overrides)
     store = JobStore(redis_server.client(), prefix, settings.ttl_seconds)
     store.publish_catalog(_catalog())
@@ -55,6 +70,7 @@ def make_api(redis_server: Any, **overrides: Any) -> Iterator[Api]:
     keys = list(store.r.scan_iter(match=f"{prefix}:*"))
     if keys:
         store.r.delete(*keys)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture
@@ -183,7 +199,7 @@ def test_cancel_running_asks_the_worker_then_409_once_done(api: Api) -> None:
 def test_finished_job_shows_result_artifacts_and_events(api: Api) -> None:
     job_id = submit(api).json()["id"]
     api.store.start(job_id, 3)
-    api.store.stage_artifacts(job_id, 1, [("a.png", b"\x89PNG..."), ("r.json", b"{}")])
+    api.stage(job_id, 1, [("a.png", b"\x89PNG..."), ("r.json", b"{}")])
     listing = [{"name": "a.png", "media_type": "image/png", "size": 7},
                {"name": "r.json", "media_type": "application/json", "size": 2}]  # fmt: skip
     result = {"targets": [{"artifacts": {"image": "a.png", "report": "r.json"}}]}
@@ -205,6 +221,39 @@ def test_finished_job_shows_result_artifacts_and_events(api: Api) -> None:
     events = [ln.split(": ", 1)[1] for ln in text.splitlines() if ln.startswith("event: ")]
     assert events[0] == "status" and events[-1] == "end"
     assert_problem(api.c.post(f"/jobs/{job_id}/cancel"), 409)
+
+
+def test_artifact_downloads_stream_with_etag_length_and_ranges(api: Api) -> None:
+    job_id = submit(api).json()["id"]
+    api.store.start(job_id, 3)
+    data = bytes(range(256)) * 4000  # 1,024,000 bytes: several chunks
+    api.stage(job_id, 1, [("big.png", data)])
+    listing = [{"name": "big.png", "media_type": "image/png", "size": len(data)}]
+    assert api.store.finish(job_id, 1, "succeeded", {"result": {}, "artifacts": listing})
+    url = f"/jobs/{job_id}/artifacts/big.png"
+    r = api.c.get(url)
+    assert r.status_code == 200 and r.content == data
+    assert r.headers["content-length"] == str(len(data)) and r.headers["accept-ranges"] == "bytes"
+    etag = r.headers["etag"]
+    assert etag.startswith('"')
+    assert api.c.get(url, headers={"If-None-Match": etag}).status_code == 304
+    part = api.c.get(url, headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == data[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"
+    assert part.headers["content-length"] == "100"
+    tail = api.c.get(url, headers={"Range": "bytes=-10"})
+    assert tail.status_code == 206 and tail.content == data[-10:]
+    rest = api.c.get(url, headers={"Range": f"bytes={len(data) - 5}-"})
+    assert rest.status_code == 206 and rest.content == data[-5:]
+    bad = api.c.get(url, headers={"Range": f"bytes={len(data)}-"})
+    assert bad.status_code == 416 and bad.headers["content-range"] == f"bytes */{len(data)}"
+    stale = api.c.get(url, headers={"Range": "bytes=0-9", "If-Range": '"other"'})
+    assert stale.status_code == 200 and len(stale.content) == len(data)
+    # the bytes live in the artifact store; Redis holds only a small pointer
+    ptr = json.loads(api.store.r.hget(api.store.keys.artifacts(job_id), "big.png"))
+    assert ptr["key"] == f"{job_id}/a1/big.png" and ptr["size"] == len(data)
+    api.artifacts.delete([ptr["key"]])  # gone from the store (expired): a clear 404
+    assert_problem(api.c.get(url), 404)
 
 
 # -- auth --------------------------------------------------------------------------------------

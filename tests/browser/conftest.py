@@ -121,7 +121,8 @@ def live(
 
     tmp = tmp_path_factory.mktemp("browser-svc")
     prefix = new_prefix("ui")
-    env = service_env(redis_server.url, prefix, models_dir, TIVIS_API_KEYS=API_KEY)
+    env = service_env(redis_server.url, prefix, models_dir, TIVIS_API_KEYS=API_KEY,
+                      TIVIS_ARTIFACTS_URL=str(tmp / "artifacts"))  # fmt: skip
     settings = Settings(redis_url=redis_server.url, key_prefix=prefix)
     store = JobStore(redis_server.client(), prefix, settings.ttl_seconds)
     worker = Worker(env, tmp / "worker.log")

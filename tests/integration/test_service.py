@@ -17,6 +17,7 @@ from integration.harness import Worker, new_prefix, service_env, wait_for
 from PIL import Image
 
 from app.main import create_app
+from core.artifacts import store_from_settings
 from core.settings import Settings
 from core.store import JobStore
 
@@ -63,8 +64,11 @@ def start_service(
     redis_server: Any, tmp: Path, models_dir: Path, **env: Any
 ) -> tuple[Settings, JobStore, dict[str, str]]:
     prefix = new_prefix("svc")
+    env.setdefault("TIVIS_ARTIFACTS_URL", str(tmp / "artifacts"))
     environ = service_env(redis_server.url, prefix, models_dir, **env)
-    settings = Settings(redis_url=redis_server.url, key_prefix=prefix)
+    settings = Settings(
+        redis_url=redis_server.url, key_prefix=prefix, artifacts_url=env["TIVIS_ARTIFACTS_URL"]
+    )
     store = JobStore(redis_server.client(), prefix, settings.ttl_seconds)
     return settings, store, environ
 
@@ -247,6 +251,8 @@ def test_sigkill_worker_mid_job_then_new_worker_finishes_it(
             assert len(names) == len(set(names)) == 6
             assert store.artifact_names(job_id) == sorted(names)
             assert store.staging_keys(job_id) == []
+            files = store_from_settings(settings).list(f"{job_id}/")  # one set, attempt 2's
+            assert sorted(o.key for o in files) == sorted(f"{job_id}/a2/{n}" for n in names)
             for a in job["artifacts"]:
                 if a["media_type"] == "image/png":
                     svc.png(a["url"])

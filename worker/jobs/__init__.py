@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from worker.jobs.atlas import run_atlas
 from worker.jobs.base import Artifact, JobContext, JobOutput
 from worker.jobs.classify import run_classify, run_screen
 from worker.jobs.compare import run_compare
@@ -24,6 +25,7 @@ RUNNERS: dict[str, Runner] = {
     "screen": run_screen,
     "compare": run_compare,
     "validate_model": run_validate_model,
+    "atlas": run_atlas,  # in one process; the service fans atlases out (worker.atlas_tasks)
 }
 
 __all__ = ["RUNNERS", "Artifact", "JobContext", "JobOutput", "Runner"]

@@ -1,0 +1,153 @@
+"""Atlas jobs without Celery: the spec (classes, ranges, one chunk definition), the chunk runner
+and the whole atlas in one process on the tiny model, and the chunk bookkeeping's Lua steps
+against a real Redis server."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+from tinymodel import TINY_LABELS
+
+from core.chunks import ChunkStore
+from core.store import JobStore
+from specs.atlas import AtlasSpec, chunk_classes, chunk_count, chunk_spec, resolve_classes
+from worker.engine.models import Registry
+from worker.jobs import JobContext
+from worker.jobs.atlas import class_names, run_atlas, run_chunk
+
+QUICK: dict[str, Any] = {
+    "model": "tiny",
+    "method": "vanilla",
+    "optimizer": {"max_steps_per_round": 2},
+    "views": {"count": 2},
+}
+
+
+def test_spec_defaults_to_invariant_plus_and_all_classes() -> None:
+    spec = AtlasSpec()
+    assert spec.method == "invariant+" and spec.param.kind == "fourier" and spec.classes is None
+    assert resolve_classes(spec, TINY_LABELS) == (list(range(10)), [])
+    assert AtlasSpec(method="vanilla").param.kind == "pixel"
+
+
+def test_classes_lists_ranges_and_names_in_class_order_once() -> None:
+    spec = AtlasSpec(classes="7, 0-2, Soccer Ball, 1")
+    assert resolve_classes(spec, TINY_LABELS) == ([0, 1, 2, 7, 9], [])
+    spec = AtlasSpec(classes=[3, "5-6"])
+    assert resolve_classes(spec, TINY_LABELS)[0] == [3, 5, 6]
+    _, bad = resolve_classes(AtlasSpec(classes=[12, "0-20", "nope"]), TINY_LABELS)
+    assert [pos for pos, _ in bad] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("classes", ["", [], "5-2", [-1], [" "]])
+def test_bad_classes_are_refused(classes: Any) -> None:
+    with pytest.raises(ValidationError):
+        AtlasSpec(classes=classes)
+
+
+def test_one_chunk_definition() -> None:
+    classes = [0, 1, 2, 7, 9]
+    assert chunk_count(5, 2) == 3
+    assert [chunk_classes(classes, 2, i) for i in range(3)] == [[0, 1], [2, 7], [9]]
+    with pytest.raises(ValueError):
+        chunk_classes(classes, 2, 3)
+    spec = AtlasSpec(**QUICK, classes="0-4", chunk_size=2)
+    vis = chunk_spec(spec, [2, 7])
+    assert vis.targets == [2, 7] and vis.model == "tiny" and vis.method == "vanilla"
+    assert vis.optimizer.max_steps_per_round == 2 and vis.views.count == 2
+
+
+def test_run_chunk_names_files_by_class(models_dir: Path) -> None:
+    spec = AtlasSpec(**QUICK, classes=[3, 9])
+    out = run_chunk(spec, [3, 9], JobContext(Registry(models_dir=models_dir), device="cpu"))
+    names = sorted(a.name for a in out.artifacts)
+    want = sorted(n for i in (3, 9) for n in class_names(i, TINY_LABELS[i]).values())
+    assert names == want and "0009-soccer_ball-image.png" in names
+    entries = out.result["classes"]
+    assert [e["index"] for e in entries] == [3, 9]
+    assert all(0.0 <= e["quality"] <= 1.0 for e in entries)
+    report = json.loads(
+        next(a.data for a in out.artifacts if a.name.endswith("0003-class_3-report.json"))
+    )
+    assert (
+        report["target"]["index"] == 3 and report["artifacts"]["image"] == "0003-class_3-image.png"
+    )
+
+
+def test_run_atlas_in_one_process(models_dir: Path) -> None:
+    spec = AtlasSpec(**QUICK, classes="0-4", chunk_size=2)
+    calls: list[tuple[int, int]] = []
+    ctx = JobContext(Registry(models_dir=models_dir), device="cpu",
+                     progress=lambda r, n, s, q: calls.append((r, n)))  # fmt: skip
+    out = run_atlas(spec, ctx)
+    by_name = {a.name: a for a in out.artifacts}
+    index = json.loads(by_name["index.json"].data)
+    assert [e["index"] for e in index["entries"]] == [0, 1, 2, 3, 4] and index["classes"] == 5
+    sheet = Image.open(io.BytesIO(by_name["contact-sheet.png"].data))
+    assert sheet.size[0] >= 64 * 3
+    assert len([n for n in by_name if n.endswith("-image.png")]) == 5
+    assert calls and calls[-1][0] <= calls[-1][1]
+
+
+# -- chunk bookkeeping (Lua) against a real Redis ------------------------------------------------
+@pytest.fixture
+def stores(redis_server: Any) -> tuple[JobStore, ChunkStore]:
+    from integration.harness import new_prefix
+
+    prefix = new_prefix("chunks")
+    client = redis_server.client()
+    return JobStore(client, prefix, 3600), ChunkStore(client, prefix, 3600)
+
+
+def _entry(i: int, classes: list[int]) -> dict[str, Any]:
+    return {
+        "chunk": i,
+        "classes": [{"index": c, "label": str(c), "artifacts": {}} for c in classes],
+    }
+
+
+def test_chunks_publish_once_and_move_progress(stores: tuple[JobStore, ChunkStore]) -> None:
+    jobs, cs = stores
+    jobs.create("a1", "atlas", {"model": "tiny"})
+    assert jobs.start("a1", 3) == ("run", "1")
+    assert cs.plan("a1", [0, 1, 2], 2)
+    assert jobs.get("a1")["progress"]["classes"] == 3  # type: ignore[index]
+    assert cs.start_chunk("a1", 0, 3) == ("run", "1")
+    assert cs.start_chunk("a1", 0, 3) == ("run", "2")  # a redelivery counts
+    ptr = {"key": "a1/c0/x.png", "media_type": "image/png", "size": 1, "etag": '"e"'}
+    assert cs.publish_chunk("a1", 0, _entry(0, [0, 1]), {"x.png": ptr}) == (True, 1, 2)
+    assert cs.publish_chunk("a1", 0, _entry(0, [0, 1]), {"x.png": ptr})[0] is False  # once
+    assert cs.start_chunk("a1", 0, 3) == ("done", "")  # never redone
+    prog = jobs.get("a1")["progress"]  # type: ignore[index]
+    assert prog["classes_done"] == 2 and prog["percent"] == pytest.approx(66.7)
+    assert jobs.artifact("a1", "x.png") == ptr
+    assert cs.publish_chunk("a1", 1, _entry(1, [2]), {}) == (True, 2, 2)
+    assert [e["index"] for e in cs.entries("a1")] == [0, 1, 2]
+    assert cs.end("a1", "succeeded", {"result": {"ok": 1}})
+    assert not cs.end("a1", "failed", {})  # ended once
+    assert jobs.get("a1")["status"] == "succeeded"  # type: ignore[index]
+    assert cs.start_chunk("a1", 1, 3) == ("finished", "succeeded")
+
+
+def test_chunk_start_sees_cancel_and_counts_attempts(stores: tuple[JobStore, ChunkStore]) -> None:
+    jobs, cs = stores
+    jobs.create("b1", "atlas", {})
+    jobs.start("b1", 3)
+    cs.plan("b1", [0, 1], 2)
+    assert cs.start_chunk("b1", 0, 1) == ("run", "1")
+    assert cs.start_chunk("b1", 0, 1) == ("exhausted", "1")
+    rec = jobs.get("b1")
+    assert rec is not None and rec["status"] == "failed" and "chunk 0" in rec["error"]["message"]
+    jobs.create("b2", "atlas", {})
+    jobs.start("b2", 3)
+    cs.plan("b2", [0, 1], 2)
+    assert jobs.cancel("b2") == ("requested", "running")
+    assert cs.start_chunk("b2", 1, 3) == ("canceled", "running")
+    assert jobs.get("b2")["status"] == "canceled"  # type: ignore[index]
+    assert cs.publish_chunk("b2", 1, _entry(1, [1]), {})[0] is False
