@@ -4,7 +4,7 @@ import { FORMS } from "./forms.js";
 import { h, $, $$, clear, age, listText, statusBadge, progressBar, errorBox, toast } from "./ui.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "canceled"];
-const KINDS = ["visualize", "sweep", "classify", "screen", "compare", "validate_model"];
+const KINDS = ["visualize", "sweep", "classify", "screen", "compare", "validate_model", "atlas"];
 const POLL_MS = 1500;
 
 let formCache = null; // keep the forms (and what was typed) across views
@@ -64,7 +64,8 @@ function jobRow(job, onCancel) {
   const s = job.summary || {};
   const p = job.progress || {};
   const live = job.status === "queued" || job.status === "running";
-  const open = () => (location.hash = `#/jobs/${job.id}`);
+  const page = job.kind === "atlas" ? `#/atlas/${job.id}` : `#/jobs/${job.id}`;
+  const open = () => (location.hash = page);
   const percent = job.status === "succeeded" ? 100 : p.percent || 0;
   return h(
     "tr.job-row",
@@ -83,7 +84,7 @@ function jobRow(job, onCancel) {
       "td.actions",
       live
         ? h("button.danger.small.cancel", { type: "button", text: "Cancel", disabled: job.cancel_requested, on: { click: () => onCancel(job) } })
-        : h("a.small", { href: `#/jobs/${job.id}` }, "open"),
+        : h("a.small", { href: page }, "open"),
     ),
   );
 }

@@ -529,6 +529,7 @@ export function renderJob(root, jobId) {
       h("span", { title: job.created_at }, `created ${age(job.created_at)} ago`),
       job.duration_s !== null && job.duration_s !== undefined ? h("span", `ran ${seconds(job.duration_s)}`) : null,
       h("span", `attempts ${job.attempts}`),
+      job.kind === "atlas" ? h("a#open-atlas", { href: `#/atlas/${job.id}` }, "open the atlas page") : null,
       ].filter(Boolean),
     );
   }

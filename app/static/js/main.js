@@ -1,5 +1,6 @@
-// Entry point: hash routing (#/ and #/jobs/<id>), the API-key dialog, the readiness pill.
+// Entry point: hash routing (#/, #/jobs/<id> and #/atlas/<id>), the API-key dialog, the readiness pill.
 import * as api from "./api.js";
+import { renderAtlas } from "./atlas.js";
 import { renderHome } from "./home.js";
 import { renderJob } from "./job.js";
 import { startReadiness } from "./readiness.js";
@@ -15,8 +16,12 @@ function route() {
   const [path, query] = hash.split("?");
   const params = new URLSearchParams(query || "");
   const m = /^\/jobs\/([\w-]+)$/.exec(path);
-  document.body.dataset.view = m ? "job" : "home";
-  if (m) {
+  const atlas = /^\/atlas\/([\w-]+)$/.exec(path);
+  document.body.dataset.view = atlas ? "atlas" : m ? "job" : "home";
+  if (atlas) {
+    document.title = `atlas ${atlas[1].slice(0, 8)} · tivis`;
+    teardown = renderAtlas(root, atlas[1]);
+  } else if (m) {
     document.title = `job ${m[1].slice(0, 8)} · tivis`;
     teardown = renderJob(root, m[1]);
   } else {
