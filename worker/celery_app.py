@@ -66,6 +66,16 @@ def catalog_entries() -> dict[str, dict[str, Any]]:
     }
 
 
+def expire_artifacts() -> int:
+    """Delete artifact files older than the TTL (their job records are gone by then)."""
+    from core.artifacts import store_from_settings
+
+    n = store_from_settings(settings).expire(settings.ttl_seconds)
+    if n:
+        log.info("expired artifacts deleted", extra={"count": n})
+    return n
+
+
 class Heartbeat:
     """Publishes the catalog, then refreshes ``P:worker:<name>`` every ``heartbeat_seconds``
     (the key lives three beats) and the catalog every minute, until stopped; after each beat a
@@ -98,6 +108,7 @@ class Heartbeat:
 
     def _run(self) -> None:
         last_publish = time.monotonic()
+        last_cleanup = time.monotonic()
         while not self.stop_event.wait(settings.heartbeat_seconds):
             try:
                 if time.monotonic() - last_publish > 60:
@@ -106,6 +117,9 @@ class Heartbeat:
                 self.beat()
                 if self.reaper is not None:
                     self.reaper.sweep()
+                if time.monotonic() - last_cleanup > settings.artifacts_cleanup_seconds:
+                    last_cleanup = time.monotonic()
+                    expire_artifacts()
             except Exception:
                 log.exception("heartbeat failed", extra={"worker": self.name})
 

@@ -78,3 +78,18 @@ def test_readme_opens_with_serve_then_test_command() -> None:
     assert readme_commands() == ["scripts/serve.sh", "scripts/test.sh"]
     ci = (ROOT / ".ci" / "run").read_text()
     assert "README.md" in ci and "sed -n 2p" in ci
+
+
+def test_compose_runs_minio_and_points_api_and_workers_at_the_bucket() -> None:
+    from core.artifacts import S3Store, open_store
+
+    data = compose()
+    services = data["services"]
+    assert services["minio"]["image"].startswith("minio/minio")
+    env = data["x-tivis-env"]
+    store = open_store(env["TIVIS_ARTIFACTS_URL"].split(":-", 1)[-1].rstrip("}"))
+    assert isinstance(store, S3Store) and store.bucket == "tivis"
+    assert "minio:9000" in env["TIVIS_S3_ENDPOINT_URL"]
+    for name in ("api", "worker"):
+        assert services[name]["depends_on"]["minio"]["condition"] == "service_healthy"
+        assert services[name]["environment"]["TIVIS_ARTIFACTS_URL"] == env["TIVIS_ARTIFACTS_URL"]
