@@ -62,4 +62,6 @@ def summary(kind: str, spec: dict[str, object]) -> dict[str, object]:
     targets = spec.get("targets")
     if targets is None and "target" in spec:
         targets = [spec["target"]]
+    if kind == "atlas":
+        targets = [spec.get("classes") or "all classes"]
     return {"model": spec.get("model", spec.get("models", spec.get("ref"))), "targets": targets}
