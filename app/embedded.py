@@ -171,6 +171,8 @@ def main() -> int:
                 "redis", [_redis_binary(), *redis_args(None, str(sock), str(data))], env
             )
             env["TIVIS_REDIS_URL"] = f"unix://{sock}"
+        if not settings.artifacts_url:  # one absolute artifact directory for worker and API
+            env["TIVIS_ARTIFACTS_URL"] = str((settings.data_dir / "artifacts").resolve())
         url = env.get("TIVIS_REDIS_URL", settings.redis_url)
         _wait_redis(url, redis_child)
         probe = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
