@@ -21,6 +21,7 @@ import time
 import uuid
 from typing import Any
 
+from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 
 from core.artifacts import ArtifactStoreError, sweep_job, write_all
@@ -207,3 +208,22 @@ def assemble(st: _State, job_id: str, spec: AtlasSpec) -> bool:
     else:
         _delete_own(st, job_id, token)
     return ok
+
+
+@signals.task_failure.connect(sender=run_chunk_task)  # type: ignore[untyped-decorator]
+def _chunk_task_failed(args: Any = None, exception: BaseException | None = None, **_: Any) -> None:
+    """Safety net: a chunk task that died without handling it (a hard time limit kills its pool
+    process, and Celery then acknowledges the message) is sent again, so the atlas does not
+    wait forever; its next start counts against ``max_attempts``."""
+    if not args or len(args) < 2:
+        return
+    job_id, i = str(args[0]), int(args[1])
+    try:
+        st = state()
+        rec = st.store.get(job_id)
+        if rec is not None and rec["status"] == "running":
+            log.error("chunk task died; sent again", extra={"job_id": job_id, "chunk": i,
+                                                            "error": repr(exception)})  # fmt: skip
+            send_chunk(st, job_id, i)
+    except Exception:
+        log.exception("could not send a chunk again", extra={"job_id": job_id, "chunk": i})
