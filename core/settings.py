@@ -145,9 +145,6 @@ class Settings(BaseSettings):
         default=3600.0, gt=0.0, description="how often a worker deletes expired artifacts"
     )
 
-    # Atlas jobs (issue 10)
-    atlas_chunk_size: int = Field(default=8, ge=1, le=64, description="classes per atlas chunk")
-
     # Embedded run
     data_dir: Path = Field(default=Path(".tivis"), description="embedded Redis data and socket")
     restart_backoff_seconds: float = Field(
