@@ -28,11 +28,14 @@ import redis.asyncio as aredis
 
 from core.store import _MOVE, Keys, _flatten, _s, bucket_label
 
-# KEYS: record; ARGV: classes total, chunks total, classes JSON
+# KEYS: record, chunks, running; ARGV: classes total, chunks total, classes JSON, job id.
+# From here on no single worker holds the job (its chunks are redelivered on their own), so it
+# leaves the reaper's running hash and names no worker.
 _PLAN = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'classes_total', ARGV[1], 'chunks_total', ARGV[2],
-           'atlas_classes', ARGV[3])
+           'atlas_classes', ARGV[3], 'worker', '')
+redis.call('HDEL', KEYS[3], ARGV[4])
 redis.call('HSETNX', KEYS[1], 'classes_done', '0')
 local done = tonumber(redis.call('HGET', KEYS[1], 'classes_done'))
 local total = tonumber(ARGV[1])
@@ -133,8 +136,8 @@ class ChunkStore:
     def plan(self, job_id: str, classes: list[int], chunks: int) -> bool:
         """Record the job's classes and chunk count (its progress starts at what is done)."""
         k = self.keys
-        res = self._plan(keys=[k.job(job_id), k.chunks(job_id)],
-                         args=[len(classes), chunks, json.dumps(classes)])  # fmt: skip
+        res = self._plan(keys=[k.job(job_id), k.chunks(job_id), k.running],
+                         args=[len(classes), chunks, json.dumps(classes), job_id])  # fmt: skip
         return bool(res)
 
     def start_chunk(self, job_id: str, i: int, max_attempts: int) -> tuple[str, str]:
@@ -149,6 +152,10 @@ class ChunkStore:
             ),
         )  # fmt: skip
         return _s(res[0]) or "", _s(res[1]) or ""
+
+    def cancel_requested(self, job_id: str) -> bool:
+        flag = cast(bytes | None, self.r.hget(self.keys.job(job_id), "cancel_requested"))
+        return _s(flag) == "1"
 
     def attempts(self, job_id: str, i: int) -> int:
         return int(cast(bytes | None, self.r.hget(self.keys.chunk_attempts(job_id), i)) or 0)

@@ -96,7 +96,7 @@ class _CancelCheck:
         if now - self.checked < self.every:
             return
         self.checked = now
-        if self.st.store.cancel_requested(self.job_id):
+        if chunk_store(self.st).cancel_requested(self.job_id):
             raise JobCanceled(self.job_id)
 
 
