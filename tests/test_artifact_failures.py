@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_atlas_jobs import create_job
 
 from core.chunks import ChunkStore
 from core.settings import get_settings
@@ -46,7 +47,7 @@ def broken(
 def test_store_error_fails_a_job_clearly(broken: JobStore) -> None:
     from worker.tasks import run_job
 
-    broken.create("j1", "visualize", {**QUICK, "targets": [1]})
+    create_job(broken, "j1", "visualize", {**QUICK, "targets": [1]})
     assert run_job("j1") == "failed"
     rec = broken.get("j1")
     assert rec is not None and rec["status"] == "failed"
@@ -58,8 +59,8 @@ def test_store_error_fails_a_job_clearly(broken: JobStore) -> None:
 def test_store_error_fails_an_atlas_chunk_clearly(broken: JobStore) -> None:
     from worker.atlas_tasks import run_chunk_task
 
-    broken.create("a1", "atlas", {**QUICK, "classes": "0-1", "chunk_size": 2},
-                  extra={"atlas_classes": "[0, 1]"})  # fmt: skip
+    spec = {**QUICK, "classes": "0-1", "chunk_size": 2}
+    create_job(broken, "a1", "atlas", spec, extra={"atlas_classes": "[0, 1]"})
     assert broken.start("a1", 1) == ("run", "1")
     cs = ChunkStore(broken.r, broken.keys.prefix, 3600)
     assert cs.plan("a1", [0, 1], 1)

@@ -105,6 +105,18 @@ def stores(redis_server: Any) -> tuple[JobStore, ChunkStore]:
     return JobStore(client, prefix, 3600), ChunkStore(client, prefix, 3600)
 
 
+def create_job(
+    store: JobStore, job_id: str, kind: str, spec: dict[str, Any], extra: Any = None
+) -> None:
+    """A queued job record, written by the same Lua step the API uses (no broker message)."""
+    import time
+
+    from core.store import _CREATE
+
+    keys, args = store._create_args(job_id, kind, spec, None, time.time(), extra)
+    store.r.register_script(_CREATE)(keys=keys, args=args)
+
+
 def _entry(i: int, classes: list[int]) -> dict[str, Any]:
     return {
         "chunk": i,
@@ -114,9 +126,11 @@ def _entry(i: int, classes: list[int]) -> dict[str, Any]:
 
 def test_chunks_publish_once_and_move_progress(stores: tuple[JobStore, ChunkStore]) -> None:
     jobs, cs = stores
-    jobs.create("a1", "atlas", {"model": "tiny"})
-    assert jobs.start("a1", 3) == ("run", "1")
+    create_job(jobs, "a1", "atlas", {"model": "tiny"})
+    assert jobs.start("a1", 3, "w1") == ("run", "1")
+    assert jobs.running_jobs() == {"a1": "w1"}
     assert cs.plan("a1", [0, 1, 2], 2)
+    assert jobs.running_jobs() == {}  # no single worker holds a fanned-out job (reaper)
     assert jobs.get("a1")["progress"]["classes"] == 3  # type: ignore[index]
     assert cs.start_chunk("a1", 0, 3) == ("run", "1")
     assert cs.start_chunk("a1", 0, 3) == ("run", "2")  # a redelivery counts
@@ -137,17 +151,17 @@ def test_chunks_publish_once_and_move_progress(stores: tuple[JobStore, ChunkStor
 
 def test_chunk_start_sees_cancel_and_counts_attempts(stores: tuple[JobStore, ChunkStore]) -> None:
     jobs, cs = stores
-    jobs.create("b1", "atlas", {})
+    create_job(jobs, "b1", "atlas", {})
     jobs.start("b1", 3)
     cs.plan("b1", [0, 1], 2)
     assert cs.start_chunk("b1", 0, 1) == ("run", "1")
     assert cs.start_chunk("b1", 0, 1) == ("exhausted", "1")
     rec = jobs.get("b1")
     assert rec is not None and rec["status"] == "failed" and "chunk 0" in rec["error"]["message"]
-    jobs.create("b2", "atlas", {})
+    create_job(jobs, "b2", "atlas", {})
     jobs.start("b2", 3)
     cs.plan("b2", [0, 1], 2)
-    assert jobs.cancel("b2") == ("requested", "running")
+    jobs.r.hset(jobs.keys.job("b2"), "cancel_requested", "1")  # what POST .../cancel does
     assert cs.start_chunk("b2", 1, 3) == ("canceled", "running")
     assert jobs.get("b2")["status"] == "canceled"  # type: ignore[index]
     assert cs.publish_chunk("b2", 1, _entry(1, [1]), {})[0] is False
