@@ -325,7 +325,5 @@ class SweepSpec(OptimizeSpec):
         return v
 
 
-JobKind = Literal[
-    "visualize", "sweep", "classify", "screen", "compare", "validate_model", "atlas"
-]
+JobKind = Literal["visualize", "sweep", "classify", "screen", "compare", "validate_model", "atlas"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
