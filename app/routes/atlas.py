@@ -9,9 +9,10 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from app.catalog import UnknownName
-from app.deps import ServicesDep
+from app.deps import PrincipalDep, ServicesDep
 from app.kinds import KINDS
 from app.problems import Problem
+from app.routes.jobs import JobId, _job
 from app.routes.submit import IdemKey, JobAccepted, queue_job, require_catalog
 from app.views import iso, job_urls
 from core.chunks import atlas_entries
@@ -22,7 +23,11 @@ router = APIRouter(tags=["atlas"])
 
 @router.post("/atlas", status_code=202, response_model=JobAccepted, summary=KINDS["atlas"].summary)
 async def post_atlas(
-    spec: AtlasSpec, response: Response, services: ServicesDep, idem: IdemKey = None
+    spec: AtlasSpec,
+    response: Response,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    idem: IdemKey = None,
 ) -> dict[str, Any]:
     """A model, a method (default ``invariant+``) and its classes: all of them (default), or a
     list of indices, names and ranges (``[0, "5-9", "goldfish"]`` or ``"0-99"``). The job is
@@ -53,15 +58,19 @@ async def post_atlas(
         "chunks_total": str(chunk_count(len(classes), spec.chunk_size)),
     }
     body = spec.model_dump(mode="json")
-    return await queue_job(services, KINDS["atlas"], body, response, idem, extra=extra)
+    return await queue_job(
+        services, KINDS["atlas"], body, response, idem, principal=principal, extra=extra
+    )
 
 
 @router.get("/atlas/{job_id}")
-async def get_atlas(job_id: str, services: ServicesDep) -> dict[str, Any]:
+async def get_atlas(
+    job_id: JobId, services: ServicesDep, principal: PrincipalDep
+) -> dict[str, Any]:
     """The atlas so far: every published class (in class order, with its image, inversion and
     report URLs and its quality), the classes still pending, status and progress."""
-    rec = await services.store.get(job_id)
-    if rec is None or rec.get("kind") != "atlas":
+    rec = await _job(services, principal, job_id)  # 404 alike for another key's jobs
+    if rec.get("kind") != "atlas":
         raise Problem(404, "job-not-found", f"no atlas {job_id!r} (unknown, or expired)")
     base = f"/jobs/{job_id}/artifacts"
     entries = await atlas_entries(services.redis, services.settings.key_prefix, job_id)

@@ -87,3 +87,13 @@ def test_get_atlas_of_another_kind_is_404(api: Api) -> None:
     r = api.c.post("/visualize", json={"model": "tiny", "targets": [1]})
     assert_problem(api.c.get(f"/atlas/{r.json()['id']}"), 404)
     assert_problem(api.c.get("/atlas/nope"), 404)
+
+
+def test_atlas_is_scoped_to_the_key_that_made_it(redis_server: Any) -> None:
+    for api in make_api(redis_server, api_keys="k-one,k-two"):
+        one, two = {"X-API-Key": "k-one"}, {"X-API-Key": "k-two"}
+        r = api.c.post("/atlas", json={"model": "tiny", "classes": [1]}, headers=one)
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        assert api.c.get(f"/atlas/{job_id}", headers=one).status_code == 200
+        assert_problem(api.c.get(f"/atlas/{job_id}", headers=two), 404)

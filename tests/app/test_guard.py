@@ -38,7 +38,7 @@ def keyed(redis_server: Any) -> Iterator[Api]:
 def _succeeded(api: Api, job_id: str) -> None:
     """Drive a job to ``succeeded`` with one PNG artifact, the way a worker does."""
     assert api.store.start(job_id, 3)[0] == "run"
-    api.store.stage_artifacts(job_id, 1, [("a.png", b"\x89PNG...")])
+    api.stage(job_id, 1, [("a.png", b"\x89PNG...")])  # the file in the store, a pointer in Redis
     listing = [{"name": "a.png", "media_type": "image/png", "size": 7}]
     assert api.store.finish(job_id, 1, "succeeded", {"result": {}, "artifacts": listing})
 
