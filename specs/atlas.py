@@ -122,6 +122,23 @@ def resolve_classes(
     return sorted(found), bad
 
 
+ALL_CLASSES = 1000
+"""How many classes "all of the model's" counts as where the model is not at hand (cost
+estimates from the spec alone): ImageNet's."""
+
+
+def class_count(spec: AtlasSpec) -> int:
+    """How many classes the spec asks for, at most (ranges counted whole, names once each)."""
+    items = spec.class_items()
+    if not items:
+        return ALL_CLASSES
+    n = 0
+    for item in items:
+        m = _RANGE.match(item) if isinstance(item, str) else None
+        n += int(m.group(2)) - int(m.group(1)) + 1 if m else 1
+    return n
+
+
 def chunk_count(n_classes: int, size: int) -> int:
     return (n_classes + size - 1) // size
 
@@ -141,11 +158,13 @@ def chunk_spec(spec: AtlasSpec, classes: Sequence[int]) -> VisualizeSpec:
 
 
 __all__ = [
+    "ALL_CLASSES",
     "MAX_ATLAS_CLASSES",
     "PRESETS",
     "AtlasSpec",
     "chunk_classes",
     "chunk_count",
     "chunk_spec",
+    "class_count",
     "resolve_classes",
 ]

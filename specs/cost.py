@@ -37,6 +37,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from specs import MAX_STEP_PIXELS, OptimizeSpec, SweepSpec, TransformTests, VisualizeSpec
+from specs.atlas import AtlasSpec, chunk_spec, class_count
 from specs.classify import ClassifySpec, ScreenSpec
 from specs.models import CompareSpec, ValidateModelSpec
 
@@ -159,6 +160,10 @@ def estimate(kind: str, spec: BaseModel, input_sizes: Mapping[str, int]) -> Cost
         return Cost(n * per * side * side, n * per, _step_pixels(spec, side))
     if isinstance(spec, CompareSpec):
         return _compare(spec, input_sizes)
+    if isinstance(spec, AtlasSpec):  # every class once, as a one-target visualize
+        one = _visualize(chunk_spec(spec, [0]), input_sizes)
+        n = class_count(spec)
+        return Cost(n * one.pixel_passes, n * one.passes, one.largest_pass_pixels)
     if isinstance(spec, ValidateModelSpec):
         side = _side(input_sizes, spec.ref.partition("@")[0])
         passes = 2 + (1 + BACKWARD_PASSES) * (1 + spec.steps)
@@ -264,6 +269,8 @@ def _baselines(spec: BaseModel) -> list[tuple[str, Any, Callable[[], BaseModel]]
         add("targets", spec.targets[:1])
     if isinstance(spec, ClassifySpec):
         add("images", spec.images[:1])
+    if isinstance(spec, AtlasSpec):
+        add("classes", spec.class_items()[:1] or [0])
     return out
 
 

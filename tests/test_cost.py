@@ -152,6 +152,7 @@ def test_every_kind_has_a_cost() -> None:
         "screen": {"rectangles": [{"x": 0, "y": 0, "width": 1, "height": 1}]},
         "compare": {"models": ["efficientnet_lite0", "resnet50"], "targets": [1]},
         "validate_model": {"ref": "m@1", "format": "torchscript", "sha256": "0" * 64, "size": 1},
+        "atlas": {"classes": "0-9"},
     }
     assert set(examples) == set(KINDS), "a new job kind needs a cost in specs/cost.py"
     for kind, body in examples.items():

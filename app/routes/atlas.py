@@ -13,7 +13,7 @@ from app.deps import PrincipalDep, ServicesDep
 from app.kinds import KINDS
 from app.problems import Problem
 from app.routes.jobs import JobId, _job
-from app.routes.submit import IdemKey, JobAccepted, queue_job, require_catalog
+from app.routes.submit import IdemKey, JobAccepted, check_cost, queue_job, require_catalog
 from app.views import iso, job_urls
 from core.chunks import atlas_entries
 from specs.atlas import AtlasSpec, chunk_count, resolve_classes
@@ -52,6 +52,8 @@ async def post_atlas(
             422, "unknown-name", "; ".join(m for _, m in bad), title="Unknown model or class",
             errors=[{"field": f"classes[{pos}]", "message": m} for pos, m in bad],
         )  # fmt: skip
+    resolved = spec.model_copy(update={"classes": classes})  # the cost of what will run
+    cost = check_cost(services, KINDS["atlas"], resolved, catalog)
     extra = {
         "atlas_classes": json.dumps(classes, separators=(",", ":")),
         "classes_total": str(len(classes)),
@@ -59,7 +61,7 @@ async def post_atlas(
     }
     body = spec.model_dump(mode="json")
     return await queue_job(
-        services, KINDS["atlas"], body, response, idem, principal=principal, extra=extra
+        services, KINDS["atlas"], body, response, idem, principal=principal, cost=cost, extra=extra
     )
 
 
