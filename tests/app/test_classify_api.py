@@ -147,7 +147,12 @@ def test_classify_upload_is_stored_with_the_job_and_queued(api: Api) -> None:
     assert api.job_count() == 1 and api.queued_messages() == 1
     rec = api.c.get(f"/jobs/{job['id']}").json()
     # The stored spec names every image (upload names, folders dropped), in upload order.
-    assert rec["params"] == {"models": ["tiny"], "top_k": 5, "images": ["a.png", "b.webp"]}
+    assert rec["params"] == {
+        "webhook": None,
+        "models": ["tiny"],
+        "top_k": 5,
+        "images": ["a.png", "b.webp"],
+    }
     assert rec["summary"]["model"] == ["tiny"]
     key = api.store.keys.uploads(job["id"])
     assert api.store.r.hgetall(key) == {b"a.png": a, b"b.webp": b}
