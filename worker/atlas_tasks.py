@@ -142,7 +142,7 @@ def run_chunk_task(self: Any, job_id: str, i: int) -> str:
         files = [(a.name, a.data, a.media_type) for a in out.artifacts]
         ptrs = write_all(st.artifacts, job_id, token, files)
     except JobCanceled:
-        cs.end(job_id, "canceled", {})
+        _end(st, cs, job_id, "canceled", {})
         log.info("chunk canceled", extra=ctx)
         return "canceled"
     except (Exception, SoftTimeLimitExceeded) as exc:
@@ -153,7 +153,7 @@ def run_chunk_task(self: Any, job_id: str, i: int) -> str:
             return "retry"
         err = _error(exc)
         err["message"] = f"chunk {i} (classes {mine[0]}-{mine[-1]}) failed: {err['message']}"
-        cs.end(job_id, "failed", {"error": err})
+        _end(st, cs, job_id, "failed", {"error": err})
         return "failed"
     entry = {"chunk": i, "classes": out.result["classes"], "worker": worker,
              "attempt": attempt, "seconds": round(time.monotonic() - t0, 3)}  # fmt: skip
@@ -166,6 +166,21 @@ def run_chunk_task(self: Any, job_id: str, i: int) -> str:
     if done == total:
         assemble(st, job_id, spec)
     return "published"
+
+
+def _end(
+    st: _State,
+    cs: ChunkStore,
+    job_id: str,
+    status: str,
+    fields: dict[str, Any],
+    pointers: dict[str, Any] | None = None,
+) -> bool:
+    """End the atlas with ``status`` and, if this call ended it, announce it to its webhook."""
+    ok = cs.end(job_id, status, fields, pointers)
+    if ok:
+        st.hooks.safe_emit(job_id, status)
+    return ok
 
 
 def assemble(st: _State, job_id: str, spec: AtlasSpec) -> bool:
@@ -190,14 +205,14 @@ def assemble(st: _State, job_id: str, spec: AtlasSpec) -> bool:
         final = write_all(st.artifacts, job_id, token, files)
     except (ArtifactStoreError, KeyError) as exc:
         log.exception("atlas assembly failed", extra={"job_id": job_id})
-        cs.end(job_id, "failed", {"error": _error(exc)})
+        _end(st, cs, job_id, "failed", {"error": _error(exc)})
         return False
     result = {k: v for k, v in index.items() if k not in ("entries", "spec")}
     result.update({"index": "index.json", "contact_sheet": "contact-sheet.png"})
     listing = [{"name": n, "media_type": m, "size": len(d)} for n, d, m in files]
     progress = dict(rec.get("progress") or {}, percent=100.0)
     fields = {"result": result, "artifacts": listing, "progress": progress}
-    ok = cs.end(job_id, "succeeded", fields, final)
+    ok = _end(st, cs, job_id, "succeeded", fields, final)
     if ok:
         try:
             keep = [p["key"] for p in st.store.artifact_pointers(job_id).values()]
