@@ -179,7 +179,9 @@ def service(
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         result["exit"] = proc.returncode
+        result["seconds"] = round(time.monotonic() - t0, 2)
         log.close()
+    (out / "service.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -165,7 +165,7 @@ def _net(model: LoadedModel, runtime: Runtime) -> Callable[[torch.Tensor], torch
     if compiled is None:
         compiled = torch.compile(model.__call__)
         model._tivis_compiled = compiled  # type: ignore[attr-defined]
-    return compiled  # type: ignore[no-any-return]
+    return compiled
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
