@@ -71,7 +71,7 @@ def environment(device: str) -> dict[str, Any]:
             gpu_memory_gib=round(total / 2**30, 1),
             gpu_free_gib=round(free / 2**30, 1),
             cuda=torch.version.cuda,
-            cudnn=torch.backends.cudnn.version(),
+            cudnn=torch.backends.cudnn.version(),  # type: ignore[no-untyped-call]
         )
     return info
 
