@@ -2,7 +2,7 @@
 
     python benchmarks/engine.py [--model efficientnet_lite0] [--device auto] [--out FILE]
         [--batches 1,32,256] [--steps 3] [--repeats 3] [--sweep-levels 0,10,...]
-        [--sweep-rounds 2] [--classes 100] [--compile | --no-compile] [--amp]
+        [--sweep-rounds 2] [--classes 100] [--compile | --no-compile] [--amp] [--skip sweep,...]
 
 - ``step_seconds_per_image``: one optimization step (forward + backward + Adam + clip) per image
   at each batch size (default 1/32/256 on CUDA, 1/8/27 on the CPU), next to the bare model
@@ -212,14 +212,19 @@ def time_classes(model: LoadedModel, n: int, rt: O.Runtime) -> dict[str, Any]:
 def run_all(model: LoadedModel, args: argparse.Namespace, rt: O.Runtime) -> dict[str, Any]:
     batches = [int(b) for b in args.batches.split(",")]
     levels = [int(v) for v in args.sweep_levels.split(",")] if args.sweep_levels else None
-    out: dict[str, Any] = {
-        "step_seconds_per_image": {
+    skip = set(args.skip.split(",")) if args.skip else set()
+    out: dict[str, Any] = {}
+    if "steps" not in skip:
+        out["step_seconds_per_image"] = {
             str(b): time_steps(model, b, args.steps, args.repeats, rt) for b in batches
-        },
-    }
-    out["sweep"] = time_sweep(model, levels or list(DEFAULT_GRAY_LEVELS), args.sweep_rounds, rt)
-    out["default_visualization"] = time_default(model, rt, args.repeats)
-    out["invariant_plus_classes"] = time_classes(model, args.classes, rt)
+        }
+    if "sweep" not in skip:
+        levels = levels or list(DEFAULT_GRAY_LEVELS)
+        out["sweep"] = time_sweep(model, levels, args.sweep_rounds, rt)
+    if "default" not in skip:
+        out["default_visualization"] = time_default(model, rt, args.repeats)
+    if "classes" not in skip:
+        out["invariant_plus_classes"] = time_classes(model, args.classes, rt)
     return out
 
 
@@ -238,6 +243,9 @@ def main() -> None:
     p.add_argument("--amp", action="store_true", help="also run everything under bfloat16")
     p.add_argument("--out", type=Path, help="write the JSON here too")
     p.add_argument("--note", default="", help="free text recorded in the output")
+    p.add_argument(
+        "--skip", help="comma-separated figures to leave out: steps,sweep,default,classes"
+    )
     args = p.parse_args()
     dev = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -273,7 +281,7 @@ def main() -> None:
         big = max(int(b) for b in args.batches.split(","))
         crt = O.Runtime(compile=True)
         t = time.perf_counter()
-        time_steps(model, big, 1, 0, crt)  # compiles
+        time_steps(model, big, 1, 1, crt)  # compiles (and warms up)
         compile_s = time.perf_counter() - t
         out["compiled"] = {
             "compile_seconds": compile_s,
