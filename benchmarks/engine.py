@@ -277,6 +277,15 @@ def main() -> None:
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     out.update(run_all(model, args, rt))
+
+    def save() -> str:
+        text = json.dumps(out, indent=2) + "\n"
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+        return text
+
+    save()  # the main figures are kept even if compiling below runs out of time
     if cuda and args.compile:
         big = max(int(b) for b in args.batches.split(","))
         crt = O.Runtime(compile=True)
@@ -294,11 +303,7 @@ def main() -> None:
         out["amp"] = run_all(model, args, art)
     out["load_average_after"] = list(os.getloadavg())
     out["seconds"] = time.monotonic() - t0
-    text = json.dumps(out, indent=2) + "\n"
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    sys.stdout.write(text)
+    sys.stdout.write(save())
 
 
 if __name__ == "__main__":
