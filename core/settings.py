@@ -62,6 +62,16 @@ class Settings(BaseSettings):
     channels_last: bool = Field(
         default=True, description="NHWC memory layout (faster on GPU and CPU)"
     )
+    compile: bool = Field(default=False, description="torch.compile the model (CUDA)")
+    pass_memory_mb: int = Field(
+        default=0,
+        ge=0,
+        description="memory one pass through the model may take, MiB; 0: on CUDA the free "
+        "memory times TIVIS_PASS_MEMORY_FRACTION, on the CPU 2048",
+    )
+    pass_memory_fraction: float = Field(
+        default=0.5, gt=0.0, le=0.95, description="share of the free CUDA memory one pass may take"
+    )
     soft_time_limit: int = Field(default=1800, ge=1, description="seconds; the job fails cleanly")
     hard_time_limit: int = Field(default=1900, ge=2, description="seconds; the process is killed")
     visibility_timeout: int | None = Field(

@@ -56,7 +56,13 @@ class _State:
         self.store = JobStore(redis.Redis.from_url(s.redis_url), s.key_prefix, s.ttl_seconds)
         self.hooks = Emitter(self.store.r, s.key_prefix, s.ttl_seconds)
         self.registry = Registry(s.models_dir, s.weights_dir, s.torch_home, s.model_store)
-        self.runtime = Runtime(amp=s.amp, channels_last=s.channels_last)
+        self.runtime = Runtime(
+            amp=s.amp,
+            channels_last=s.channels_last,
+            compile=s.compile,
+            pass_memory_mb=s.pass_memory_mb,
+            memory_fraction=s.pass_memory_fraction,
+        )
         self.artifacts = store_from_settings(s)
         self.pid = os.getpid()
 

@@ -86,8 +86,8 @@ def apply(x: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
             dy, dx = (int(s) for s in d.shifts[k])
             out.append(shift(x[i : i + 1], dy, dx))
     jittered = torch.cat(out)
-    angles = torch.cat([d.angles for d in draws]).to(x.device)
-    scales = torch.cat([d.scales for d in draws]).to(x.device)
+    angles = torch.cat([d.angles for d in draws])  # CPU: decided here, moved by warp
+    scales = torch.cat([d.scales for d in draws])
     if bool((angles == 0).all()) and bool((scales == 1).all()):
         return jittered
     return T.warp(jittered, angles, scales)

@@ -7,6 +7,7 @@ the images still being optimized are sent through the model at each step.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,27 +25,161 @@ Progress = Callable[[int, int, int, float], None]
 """Called as ``progress(round, rounds, step, q_C)`` after every step; may raise to cancel."""
 
 
+DEFAULT_CPU_PASS_MB = 2048
+"""Memory one pass through the model may take on the CPU when ``Runtime.pass_memory_mb`` is 0."""
+
+TEST_EVERY = 9
+"""Rounds between the per-round transformation tests kept in the trace when no criterion reads
+them (every 9th round: every 90° of the default schedule, and the last round of the loop)."""
+
+
+class TimeLimitExceeded(TimeoutError):
+    """Raised between passes through the model once ``Runtime.deadline`` has passed."""
+
+
 @dataclass(frozen=True)
 class Runtime:
-    """How to run, not what to compute: mixed precision (CUDA only), memory layout, micro-batches.
+    """How to run, not what to compute: precision, memory layout, compilation, pass sizes.
 
-    ``channels_last`` (default on) runs the model in NHWC order, faster on GPUs and CPUs alike.
+    ``amp``: bfloat16 autocast (CUDA only). ``channels_last`` (default on): the model runs in NHWC
+    order, faster on GPUs and CPUs alike. ``compile``: ``torch.compile`` the model (CUDA only).
 
-    ``micro_batch`` is how many images go through the model together (each with all its views).
-    The default, 0, means 1 on the CPU -- where it is as fast per image as larger batches and
-    makes a batched run give exactly the bytes of one-by-one runs -- and 32 on a GPU, where
-    large batches are what make it fast (results then agree up to float noise).
+    Pass sizes come from a memory budget: ``pass_memory_mb`` if set, else on CUDA the free device
+    memory (plus what PyTorch holds cached) times ``memory_fraction``, on the CPU
+    ``DEFAULT_CPU_PASS_MB``. What one image view costs in a pass is measured once per model,
+    size and precision (``sample_bytes``). On a GPU the images of a job and their views go
+    through the model in as few passes as the budget allows; on the CPU one image goes at a time
+    (as fast per image as larger batches, and a batched run then gives exactly the bytes of
+    one-by-one runs), its views in as few passes as the budget allows. ``micro_batch`` > 0 fixes
+    the images per pass instead (the views per pass stay bounded by the budget).
+
+    ``deadline`` (``time.monotonic()`` seconds): between passes through the model, a run past it
+    raises ``TimeLimitExceeded``, so a long step can be stopped.
     """
 
     amp: bool = False
     channels_last: bool = True
+    compile: bool = False
     micro_batch: int = 0
+    pass_memory_mb: int = 0
+    memory_fraction: float = 0.5
+    deadline: float | None = None
 
-    def chunk(self, device: torch.device) -> int:
-        """Images per forward pass on ``device``."""
-        if self.micro_batch > 0:
-            return self.micro_batch
-        return 1 if device.type == "cpu" else 32
+    def check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise TimeLimitExceeded("the job's time limit passed")
+
+    def budget_bytes(self, device: torch.device) -> int:
+        """Memory one pass may take on ``device``, in bytes."""
+        if device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(device)
+            cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+            budget = int((free + cached) * self.memory_fraction)
+            if self.pass_memory_mb > 0:
+                budget = min(budget, self.pass_memory_mb * 2**20)
+            return budget
+        return (self.pass_memory_mb or DEFAULT_CPU_PASS_MB) * 2**20
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """How a set of images goes through the model: ``images`` per pass, each with up to
+    ``views`` of its views (the rest in further passes)."""
+
+    images: int
+    views: int
+
+
+_SAMPLE_BYTES: dict[tuple[Any, ...], int] = {}
+
+
+def _probe_input(model: LoadedModel, n: int, size: int, grad: bool) -> torch.Tensor:
+    x = torch.full((n, 3, size, size), 127.0, device=model.device)
+    return x.requires_grad_(grad)
+
+
+def sample_bytes(model: LoadedModel, size: int, runtime: Runtime, *, grad: bool) -> int:
+    """Memory one image view of side ``size`` takes in a pass (with backward if ``grad``).
+
+    CUDA: the peak allocation of a pass of 4 views, measured once and cached (times 1.25).
+    CPU: twice the bytes autograd saves for the backward of one view (a pass without gradient:
+    half of them), measured once and cached.
+    """
+    dev = model.device
+    key = (id(model.net), dev.type, dev.index, size, grad, runtime.amp, runtime.channels_last)
+    if key in _SAMPLE_BYTES:
+        return _SAMPLE_BYTES[key]
+    input_bytes = 3 * size * size * 4
+    if dev.type == "cuda":
+        n = 4
+        torch.cuda.synchronize(dev)
+        base = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        x = _probe_input(model, n, size, grad)
+        with torch.set_grad_enabled(grad):
+            logits = _forward(model, x, runtime)
+            if grad:
+                torch.autograd.grad(logits[:, 0].sum(), x)
+        torch.cuda.synchronize(dev)
+        peak = torch.cuda.max_memory_allocated(dev) - base
+        del x, logits
+        value = int(1.25 * peak / n)
+    else:
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            seen[t.data_ptr()] = t.numel() * t.element_size()
+            return t
+
+        x = _probe_input(model, 1, size, True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            _forward(model, x, runtime)
+        saved = sum(seen.values())
+        saved = max(saved, 32 * input_bytes)  # models whose saved tensors autograd cannot see
+        value = 2 * saved if grad else saved // 2
+    value = max(value, input_bytes)
+    _SAMPLE_BYTES[key] = value
+    return value
+
+
+def plan_passes(
+    model: LoadedModel, runtime: Runtime, size: int, images: int, views: int, *, grad: bool
+) -> PassPlan:
+    """Images per pass and views per pass for ``images`` images of ``views`` views each."""
+    dev = model.device
+    per = sample_bytes(model, size, runtime, grad=grad)
+    cap = max(1, runtime.budget_bytes(dev) // per)  # image views per pass
+    vpp = min(views, cap)
+    if runtime.micro_batch > 0:
+        return PassPlan(runtime.micro_batch, vpp)
+    if dev.type == "cpu":
+        return PassPlan(1, vpp)
+    return PassPlan(max(1, min(images, cap // views)), vpp)
+
+
+def _net(model: LoadedModel, runtime: Runtime) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model, or its ``torch.compile``d form (CUDA, ``runtime.compile``; compiled once)."""
+    if not (runtime.compile and model.device.type == "cuda"):
+        return model
+    compiled = getattr(model, "_tivis_compiled", None)
+    if compiled is None:
+        compiled = torch.compile(model.__call__)
+        model._tivis_compiled = compiled  # type: ignore[attr-defined]
+    return compiled
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on ``device`` without making the host wait (pinned, non-blocking on CUDA)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _index(idx: list[int], n: int, device: torch.device) -> slice | torch.Tensor:
+    """``idx`` (sorted host ints) as a slice when it is a contiguous range, else a device index."""
+    if idx and idx[-1] - idx[0] + 1 == len(idx):
+        return slice(idx[0], idx[-1] + 1)
+    return _to_device(torch.tensor(idx, dtype=torch.long), device)
 
 
 @dataclass
@@ -81,10 +216,11 @@ def _forward(model: LoadedModel, x: torch.Tensor, runtime: Runtime) -> torch.Ten
     model.use_channels_last(runtime.channels_last)
     if runtime.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    net = _net(model, runtime)
     if runtime.amp and x.device.type == "cuda":
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            return model(x).float()
-    return model(x)
+            return net(x).float()
+    return net(x)
 
 
 @torch.no_grad()
@@ -93,9 +229,10 @@ def target_probs(
 ) -> torch.Tensor:
     """Softmax probability of each image's target: x (N, 3, H, W), targets (N,) -> (N,)."""
     rt = runtime or Runtime()
-    n = rt.chunk(x.device)
+    n = plan_passes(model, rt, x.shape[-1], x.shape[0], 1, grad=False).images
     out = []
     for i in range(0, x.shape[0], n):
+        rt.check_deadline()
         logits = _forward(model, x[i : i + n], rt).float()
         p = logits.softmax(dim=1)
         out.append(p.gather(1, targets[i : i + n, None].to(p.device))[:, 0])
@@ -113,24 +250,37 @@ def view_probs(
 ) -> torch.Tensor:
     """Target probability of every image under every view: (B, 3, H, W) -> (B, V).
 
-    Each micro-batch of images goes through the model with all its views in one pass.
+    The images and their views go through the model in as few passes as the memory budget allows
+    (``plan_passes``; on the CPU one image per pass).
     """
     rt = runtime or Runtime()
     b, v = x.shape[0], angles.shape[0]
-    n = rt.chunk(x.device)
+    plan = plan_passes(model, rt, x.shape[-1], b, v, grad=False)
     out = []
-    for i in range(0, b, n):
-        views = T.expand_views(x[i : i + n], angles, scales)
-        logits = _forward(model, views, rt).float()
-        tg = targets[i : i + n].repeat_interleave(v)[:, None].to(logits.device)
-        out.append(logits.softmax(dim=1).gather(1, tg)[:, 0].view(-1, v))
+    for i in range(0, b, plan.images):
+        xs = x[i : i + plan.images]
+        tg_img = targets[i : i + plan.images].to(x.device)
+        parts = []
+        for a in range(0, v, plan.views):
+            rt.check_deadline()
+            va, vs = angles[a : a + plan.views], scales[a : a + plan.views]
+            views = T.expand_views(xs, va, vs)
+            logits = _forward(model, views, rt).float()
+            tg = tg_img.repeat_interleave(va.shape[0])[:, None]
+            parts.append(logits.softmax(dim=1).gather(1, tg)[:, 0].view(-1, va.shape[0]))
+        out.append(torch.cat(parts, dim=1))
     return torch.cat(out) if out else torch.zeros(0, v, device=x.device)
 
 
 @torch.no_grad()
 def topk(model: LoadedModel, x: torch.Tensor, k: int = 5) -> list[list[tuple[int, str, float]]]:
     """Top-k (index, label, probability) of each image (B, 3, H, W)."""
-    p = _forward(model, x, Runtime()).float().softmax(dim=1)
+    rt = Runtime()
+    n = plan_passes(model, rt, x.shape[-1], x.shape[0], 1, grad=False).images
+    if x.shape[0] == 0:
+        return []
+    p = torch.cat([_forward(model, x[i : i + n], rt).float() for i in range(0, x.shape[0], n)])
+    p = p.softmax(dim=1)
     vals, idx = p.topk(min(k, p.shape[1]), dim=1)
     labels = model.info.labels
     return [
@@ -156,26 +306,47 @@ class _Adam:
         self.v = torch.zeros_like(x)
         self.t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
 
-    def step(self, x: torch.Tensor, idx: torch.Tensor, grad: torch.Tensor) -> None:
-        """Ascend along ``grad`` for the images ``idx`` of ``x`` (in place), then clip."""
+    def step(
+        self,
+        x: torch.Tensor,
+        idx: slice | torch.Tensor,
+        grad: torch.Tensor,
+        go: torch.Tensor | None = None,
+    ) -> None:
+        """Ascend along ``grad`` for the images ``idx`` of ``x`` (in place), then clip.
+
+        ``go`` (bool, one per image of ``idx``): only those step; the others keep their pixels
+        and state (a mask, so the host never waits for the device). None: all of them step.
+        """
         c = self.cfg
-        self.t[idx] += 1
+        full = isinstance(idx, slice) and idx == slice(0, x.shape[0])
+        if go is None:
+            self.t[idx] += 1
+        else:
+            self.t[idx] += go.long()
         t = self.t[idx].to(x.dtype).view(-1, *([1] * (x.ndim - 1)))  # (n, 1, ...)
-        full = idx.numel() == x.shape[0]  # everyone steps: update the state in place, no copies
-        m = self.m if full else self.m[idx]
-        v = self.v if full else self.v[idx]
-        m.mul_(c.beta1).add_(grad, alpha=1 - c.beta1)
-        v.mul_(c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
+        if full and go is None:  # everyone steps: update the state in place, no copies
+            m, v = self.m, self.v
+            m.mul_(c.beta1).add_(grad, alpha=1 - c.beta1)
+            v.mul_(c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
+        else:
+            m = torch.mul(self.m[idx], c.beta1).add_(grad, alpha=1 - c.beta1)  # copies
+            v = torch.mul(self.v[idx], c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
         m_hat = m / (1 - c.beta1**t)
         v_hat = v / (1 - c.beta2**t)
-        update = (x if full else x[idx]) + self.lr * m_hat / (v_hat.sqrt() + 1e-8)
+        update = x[idx] + self.lr * m_hat / (v_hat.sqrt() + 1e-8)
         if self.clip:
             update.clamp_(0.0, 255.0)
-        if full:
+        if full and go is None:
             x.copy_(update)
-        else:
-            self.m[idx], self.v[idx] = m, v
-            x[idx] = update
+            return
+        if go is not None:
+            keep = go.view(-1, *([1] * (x.ndim - 1)))
+            m = torch.where(keep, m, self.m[idx])
+            v = torch.where(keep, v, self.v[idx])
+            update = torch.where(keep, update, x[idx])
+        self.m[idx], self.v[idx] = m, v
+        x[idx] = update
 
 
 def optimize_round(
@@ -226,6 +397,8 @@ def param_round(
     gens: list[torch.Generator],
     runtime: Runtime | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    on_pass: Callable[[int, float], None] | None = None,
+    plan: PassPlan | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``optimize_round`` on any parameterization, optionally under random views at every step.
 
@@ -233,59 +406,99 @@ def param_round(
     it takes part in; the objective is the mean over its views and ``q_C`` (early stop, trace) is
     the mean target probability over them. Without, the image itself is seen, as in the paper.
 
+    The images still being optimized go through the model in the passes of ``plan`` (default:
+    ``plan_passes`` for this batch). Between two passes of one step, ``on_pass(step, q_C)`` is
+    called with the last finished step and its lowest q_C (it may raise to cancel), and the
+    runtime's deadline is checked. The host reads the device once per step (which images go on).
+
     Returns:
         steps (B,) long, q_before (B,), q_after (B,) -- zeros for inactive images.
     """
     rt = runtime or Runtime()
-    b = param.data.shape[0]
-    dev = param.data.device
+    data = param.data
+    b, dev = data.shape[0], data.device
     steps = torch.zeros(b, dtype=torch.long, device=dev)
     q_before = torch.zeros(b, dtype=torch.float64, device=dev)
     q_after = torch.zeros(b, dtype=torch.float64, device=dev)
-    running = active.clone()
-    adam = _Adam(param.data, cfg, lr=lr, clip=param.clip)
-    first = active.clone()
+    adam = _Adam(data, cfg, lr=lr, clip=param.clip)
     nv = augment.views if augment is not None else 1
     q_target = cfg.q_target
     if augment is not None and augment.q_target is not None:
         q_target = augment.q_target
-    mb = rt.chunk(dev)
-    step = 0
-    while bool(running.any()):
-        idx = running.nonzero()[:, 0]
+    running = active.nonzero()[:, 0].tolist()  # host: the images still being optimized
+    if plan is None:
+        with torch.no_grad():
+            size = int(param.render(data[:1]).shape[-1]) if b else 0
+        plan = plan_passes(model, rt, size, len(running), nv, grad=True)
+    split = plan.views < nv  # an image's views take several passes
+    step, q_last, first = 0, 0.0, True
+    while running:
         q_parts, go_parts, grad_parts = [], [], []
-        for chunk in torch.split(
-            idx, mb
-        ):  # micro-batches: a finished image skips its backward pass
-            sub = param.data[chunk].detach().requires_grad_(True)
-            img = param.render(sub)  # (n, 3, H, W), pixel space
-            if augment is not None:
-                img = A.apply(img, [A.draw(gens[i], augment) for i in chunk.tolist()])  # (n*V,…)
-            logits = _forward(model, img, rt).float()
-            logp = logits.log_softmax(dim=1)
-            tg = targets[chunk].repeat_interleave(nv)[:, None]
-            qc = logp.gather(1, tg)[:, 0].exp().detach().double().view(-1, nv).mean(dim=1)
-            go_c = ~((qc > q_target) | (steps[chunk] >= max_steps[chunk]))
-            if bool(go_c.any()):
-                chosen = logits if cfg.objective == "logit" else logp
-                obj = chosen.gather(1, tg)[:, 0].view(-1, nv).mean(dim=1)  # mean over views
-                (grad,) = torch.autograd.grad(obj[go_c].sum(), sub)
-                grad_parts.append(grad[go_c])
+        chunks = [running[i : i + plan.images] for i in range(0, len(running), plan.images)]
+        passes = 0
+        for chunk in chunks:
+            sel = _index(chunk, b, dev)
+            tg_img = targets[sel]
+            sub = data[sel].detach().requires_grad_(True)
+            draws = [A.draw(gens[i], augment) for i in chunk] if augment is not None else []
+            q_sum = torch.zeros(len(chunk), dtype=torch.float64, device=dev)
+            grad: torch.Tensor | None = None
+            go_c: torch.Tensor | None = None
+            for a in range(0, nv, plan.views):
+                if passes > 0:
+                    rt.check_deadline()
+                    if on_pass is not None:
+                        on_pass(step, q_last)
+                passes += 1
+                k = min(plan.views, nv - a)
+                img = param.render(sub)  # (n, 3, H, W), pixel space
+                if augment is not None:
+                    img = A.apply(img, [A.Draw(d.angles[a : a + k], d.scales[a : a + k],
+                                               d.shifts[a : a + k]) for d in draws])  # fmt: skip
+                logits = _forward(model, img, rt).float()
+                logp = logits.log_softmax(dim=1)
+                tg = tg_img.repeat_interleave(k)[:, None]
+                chosen = (logits if cfg.objective == "logit" else logp).gather(1, tg)[:, 0]
+                p = logp.gather(1, tg)[:, 0].exp().detach().double().view(-1, k)
+                if not split:  # all views in this pass: decide first, skip needless backward
+                    qc = p.mean(dim=1)
+                    go_c = ~((qc > q_target) | (steps[sel] >= max_steps[sel]))
+                    obj = chosen.view(-1, k).mean(dim=1)  # mean over views
+                    if dev.type == "cuda" or bool(go_c.any()):  # CPU: no wait, skip the backward
+                        (grad,) = torch.autograd.grad((obj * go_c).sum(), sub)
+                    q_sum = qc
+                else:  # a share of the views: their part of the mean, go decided after all
+                    obj = chosen.view(-1, k).sum(dim=1) / nv
+                    (g,) = torch.autograd.grad(obj.sum(), sub)
+                    grad = g if grad is None else grad + g
+                    q_sum = q_sum + p.sum(dim=1)
+            qc = q_sum if not split else q_sum / nv
+            if go_c is None or split:
+                go_c = ~((qc > q_target) | (steps[sel] >= max_steps[sel]))
             q_parts.append(qc)
             go_parts.append(go_c)
+            grad_parts.append(grad if grad is not None else torch.zeros_like(sub))
         q, go = torch.cat(q_parts), torch.cat(go_parts)
-        q_after[idx] = q
-        is_first = first[idx]
-        q_before[idx[is_first]] = q[is_first]
-        first[idx] = False
-        running[idx[~go]] = False
-        if grad_parts:
-            gidx = idx[go]
-            adam.step(param.data, gidx, torch.cat(grad_parts).to(param.data.dtype))
-            steps[gidx] += 1
+        sel = _index(running, b, dev)
+        q_after[sel] = q
+        if first:
+            q_before[sel] = q
+            first = False
+        steps[sel] += go.long()
+        grads = torch.cat(grad_parts).to(data.dtype)
+        if dev.type != "cpu":  # queue the masked update before the host waits
+            adam.step(data, sel, grads, go)
+        host = torch.stack([go.double(), q]).tolist()  # the one read of the device per step
+        go_host = [g > 0.5 for g in host[0]]
+        if any(go_host):
+            if dev.type == "cpu":
+                adam.step(data, sel, grads, None if all(go_host) else go)
             step += 1
+            q_last = min(qv for qv, g in zip(host[1], go_host, strict=True) if g)
+            rt.check_deadline()
             if on_step is not None:
-                on_step(step, float(q[go].min()))
+                on_step(step, q_last)
+        running = [i for i, g in zip(running, go_host, strict=True) if g]
     return steps, q_before, q_after
 
 
@@ -297,6 +510,7 @@ def visualize(
     *,
     runtime: Runtime | None = None,
     progress: Progress | None = None,
+    test_every: int = TEST_EVERY,
 ) -> list[VisResult]:
     """Algorithm 1 for a batch: optimize, transform, evaluate, round after round, then a last round.
 
@@ -305,6 +519,11 @@ def visualize(
     ``spec.augment``, every step sees seeded random views of each image. An empty test set skips
     the per-round evaluation (and with it the criterion).
 
+    The per-round transformation tests cost a pass of every test view, so they run only where
+    something reads them: every round when a criterion is on, else every ``test_every``-th round
+    and the last round of the loop (the trace's ``test_min``/``test_mean`` are None in the other
+    rounds); the final table always. They never change the images.
+
     Args:
         model: the classifier.
         initial: starting images (B, 3, H, W) in pixel space (flat gray for the paper's method).
@@ -312,7 +531,9 @@ def visualize(
         spec: schedule, optimizer, tests, criterion (``spec.rounds()`` is empty for vanilla,
             which then runs one long round of up to ``max_total_steps`` steps).
         runtime: precision and memory layout.
-        progress: called as ``progress(round, rounds, step, q_C)``; may raise to cancel.
+        progress: called as ``progress(round, rounds, step, q_C)`` after every step and
+            between the passes of a step that takes several; may raise to cancel.
+        test_every: rounds between trace tests when the criterion is off (1: every round).
 
     Returns:
         One result per image, in batch order; each image quantized to 8 bits (the saved PNG).
@@ -336,6 +557,11 @@ def visualize(
     ]
     total = torch.zeros(b, dtype=torch.long, device=dev)
     in_loop = torch.ones(b, dtype=torch.bool, device=dev)
+    size = int(x0.shape[-1])
+    final_aug = aug if (aug is not None and spec.augment.final_round) else None
+    loop_plan = plan_passes(model, rt, size, b, aug.views if aug else 1, grad=True)
+    final_plan = plan_passes(model, rt, size, b, final_aug.views if final_aug else 1, grad=True)
+    crit = spec.criterion
 
     def reporter(r: int) -> Callable[[int, float], None] | None:
         if progress is None:
@@ -363,6 +589,8 @@ def visualize(
             gens=gens,
             runtime=rt,
             on_step=reporter(r),
+            on_pass=reporter(r),
+            plan=loop_plan,
         )
         total += steps
         idx = in_loop.nonzero()[:, 0]
@@ -370,7 +598,8 @@ def visualize(
             moved = T.apply(param.render(param.data[idx]), op)
             param.data[idx] = param.encode(moved)
         probs = None
-        if len(names) > 0:
+        tested = crit.kind != "off" or (r + 1) % test_every == 0 or r == len(rounds) - 1
+        if names and tested:
             probs = view_probs(model, param.images()[idx], targets[idx], t_angles, t_scales, rt)
         for k, i in enumerate(idx.tolist()):
             pmin = float(probs[k].min()) if probs is not None else None
@@ -380,7 +609,6 @@ def visualize(
                     r, T.describe(op), int(steps[i]), float(qb[i]), float(qa[i]), pmin, pmean
                 )
             )
-            crit = spec.criterion
             value = pmin if crit.kind == "min" else pmean
             if crit.kind != "off" and value is not None and value >= crit.threshold:
                 in_loop[i] = False
@@ -390,7 +618,6 @@ def visualize(
         per_round = cfg.max_total_steps if not rounds else cfg.max_steps_per_round
         limit = torch.full((b,), per_round, dtype=torch.long, device=dev)
         everyone = torch.ones(b, dtype=torch.bool, device=dev)
-        final_aug = aug if (aug is not None and spec.augment.final_round) else None
         steps, qb, qa = param_round(
             model,
             param,
@@ -403,6 +630,8 @@ def visualize(
             gens=gens,
             runtime=rt,
             on_step=reporter(n_rounds - 1),
+            on_pass=reporter(n_rounds - 1),
+            plan=final_plan,
         )
         total += steps
         for i in range(b):

@@ -60,12 +60,17 @@ def warp(x: torch.Tensor, degrees: torch.Tensor, scales: torch.Tensor) -> torch.
             f"expected degrees and scales of shape ({b},), got "
             f"{tuple(degrees.shape)} and {tuple(scales.shape)}"
         )
-    theta = affine_theta(degrees.to(x), scales.to(x))
+    # The matrices are made where the angles are (the CPU, for every caller in tivis) and sent
+    # without making the host wait for the device.
+    theta = affine_theta(degrees.to(x.dtype), scales.to(x.dtype))
+    if theta.device != x.device:
+        theta = theta.pin_memory() if x.device.type == "cuda" else theta
+        theta = theta.to(x.device, non_blocking=True)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     # Quarter turns at scale 1 move pixels onto pixels: make them exact (no resampling error).
     quarter = (torch.remainder(degrees, 90.0) == 0) & (scales == 1.0)
-    for i in quarter.nonzero()[:, 0].tolist():
+    for i in quarter.cpu().nonzero()[:, 0].tolist():
         k = round(float(degrees[i]) / 90.0) % 4
         out[i] = torch.rot90(x[i], k, dims=(1, 2))
     return out.clamp_(0.0, 255.0)
