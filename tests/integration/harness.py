@@ -172,3 +172,13 @@ class Worker:
             self.kill()
         except ProcessLookupError:
             pass
+
+
+def run_async(coro: Any) -> Any:
+    """``asyncio.run(coro)`` in a thread of its own: the browser tests' Playwright (sync API)
+    keeps an event loop running in the main thread for the whole session."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()

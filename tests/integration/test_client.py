@@ -3,7 +3,6 @@ real worker, the API as a uvicorn subprocess over HTTP (API keys on)."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
@@ -17,7 +16,15 @@ from typing import Any
 
 import httpx
 import pytest
-from integration.harness import ROOT, Worker, free_port, new_prefix, service_env, wait_for
+from integration.harness import (
+    ROOT,
+    Worker,
+    free_port,
+    new_prefix,
+    run_async,
+    service_env,
+    wait_for,
+)
 from integration.test_service import LONG, QUICK, SLOW
 from photos import photo
 
@@ -215,7 +222,7 @@ def test_async_client(live: Live, tmp_path: Path) -> None:
                 await tivis.entropy_sweep(model="tiny", target="no such class")
             assert err.value.fields == ["target"]
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def _tivis(

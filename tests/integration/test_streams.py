@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from integration.harness import ROOT, free_port, new_prefix, service_env, wait_for
+from integration.harness import ROOT, free_port, new_prefix, run_async, service_env, wait_for
 
 from app.commands import api_args
 from core.store import JobStore
@@ -114,7 +114,7 @@ async def _streams_and_submissions(url: str) -> dict[str, Any]:
 
 
 def test_streams_are_capped_and_never_starve_submissions(server: Server) -> None:
-    out = asyncio.run(_streams_and_submissions(server.url))
+    out = run_async(_streams_and_submissions(server.url))
     assert len(out["opened"]) == STREAMS, server.log.read_text()[-3000:]
     assert len(out["refused"]) == EXTRA
     for r in out["refused"]:
