@@ -134,9 +134,12 @@ class ImageParameterization(_Frozen):
     ``fourier``: per color channel (after a fixed color decorrelation), the real 2D spectrum scaled
     by ``1 / frequency ** decay``, squashed to 0..255 by a sigmoid. Its Adam step size is ``lr``
     (in spectrum units); ``optimizer.lr`` (pixel units) is the pixel parameterization's.
+    ``maco``: only the phase of that spectrum is optimized (``lr`` in radians), its magnitude is
+    the mean of photographs'; the image is standardized, then ``contrast`` and ``saturation``
+    set how strong its colors are.
     """
 
-    kind: Literal["pixel", "fourier"] = "pixel"
+    kind: Literal["pixel", "fourier", "maco"] = "pixel"
     lr: float = Field(
         default=0.05, gt=0.0, le=10.0, description="Adam step size on the spectrum (fourier)"
     )
@@ -148,6 +151,12 @@ class ImageParameterization(_Frozen):
         le=127.0,
         description="gray levels kept from 0 and 255 when an image is encoded (sigmoid)",
     )
+    contrast: float = Field(
+        default=1.0, gt=0.0, le=8.0, description="maco: gain on the standardized image"
+    )
+    saturation: float = Field(
+        default=1.0, ge=0.0, le=8.0, description="maco: gain on the two color-difference channels"
+    )
 
 
 class StepAugment(_Frozen):
@@ -155,7 +164,8 @@ class StepAugment(_Frozen):
 
     Each step sees every image under ``views`` random views: an integer shift by up to ``jitter``
     pixels (black fill), then a rotation by an angle uniform in ±``max_rotation`` degrees and a
-    zoom uniform in [``scale_min``, ``scale_max``] about the center. The objective is the mean
+    zoom uniform in [``scale_min``, ``scale_max``] about the center (moved by ``translate``: random
+    crops at several scales), plus Gaussian noise of ``noise`` gray levels. The objective is the mean
     over the views, and a round ends when the mean target probability over them passes
     ``q_target``. Drawn from a generator seeded by the job's seed and the image's target and gray.
     """
@@ -175,6 +185,14 @@ class StepAugment(_Frozen):
     final_round: bool = Field(
         default=False, description="also in the final round (else it optimizes the plain image)"
     )
+    translate: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="a zoomed-in view (a crop) moves its center by up to this share of the room "
+        "the zoom leaves, so crops come from anywhere in the image",
+    )
+    noise: float = Field(default=0.0, ge=0.0, le=64.0, description="additive noise, pixel std")
 
     @model_validator(mode="after")
     def _check_scales(self) -> StepAugment:
@@ -282,6 +300,11 @@ class VisualizeSpec(OptimizeSpec):
     initial_gray: int = Field(default=0, ge=0, le=255)
     judges: list[str] = Field(default_factory=list, max_length=MAX_MODELS)
     views: RandomViews = Field(default_factory=RandomViews)
+    transparency: bool = Field(
+        default=False,
+        description="also save where the model looks (the input gradients summed over the run): "
+        "a grayscale map and the picture with it as alpha (RGBA)",
+    )
 
     @property
     def models(self) -> list[str]:

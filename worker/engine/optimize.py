@@ -75,6 +75,8 @@ class VisResult:
     total_steps: int = 0
     stopped_by: str = "schedule"
     q_final: float = 0.0
+    transparency: torch.Tensor | None = None
+    """(H, W) when asked: the sum over steps of |d objective / d image| (channels summed), >= 0."""
 
 
 def _forward(model: LoadedModel, x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
@@ -226,12 +228,15 @@ def param_round(
     gens: list[torch.Generator],
     runtime: Runtime | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    saliency: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``optimize_round`` on any parameterization, optionally under random views at every step.
 
     With ``augment``, each image draws its views from its own generator ``gens[i]`` at every step
     it takes part in; the objective is the mean over its views and ``q_C`` (early stop, trace) is
     the mean target probability over them. Without, the image itself is seen, as in the paper.
+    ``saliency`` (B, H, W), when given, accumulates each stepping image's |gradient| with respect
+    to its rendered pixel-space image (channels summed): no extra forward or backward pass.
 
     Returns:
         steps (B,) long, q_before (B,), q_after (B,) -- zeros for inactive images.
@@ -259,6 +264,7 @@ def param_round(
         ):  # micro-batches: a finished image skips its backward pass
             sub = param.data[chunk].detach().requires_grad_(True)
             img = param.render(sub)  # (n, 3, H, W), pixel space
+            rendered = img
             if augment is not None:
                 img = A.apply(img, [A.draw(gens[i], augment) for i in chunk.tolist()])  # (n*V,…)
             logits = _forward(model, img, rt).float()
@@ -269,7 +275,14 @@ def param_round(
             if bool(go_c.any()):
                 chosen = logits if cfg.objective == "logit" else logp
                 obj = chosen.gather(1, tg)[:, 0].view(-1, nv).mean(dim=1)  # mean over views
-                (grad,) = torch.autograd.grad(obj[go_c].sum(), sub)
+                if saliency is None:
+                    (grad,) = torch.autograd.grad(obj[go_c].sum(), sub)
+                elif rendered is sub:  # the pixel parameterization: the same gradient
+                    (grad,) = torch.autograd.grad(obj[go_c].sum(), sub)
+                    saliency[chunk[go_c]] += grad[go_c].abs().sum(dim=1).to(saliency)
+                else:
+                    grad, g_img = torch.autograd.grad(obj[go_c].sum(), [sub, rendered])
+                    saliency[chunk[go_c]] += g_img[go_c].abs().sum(dim=1).to(saliency)
                 grad_parts.append(grad[go_c])
             q_parts.append(qc)
             go_parts.append(go_c)
@@ -297,6 +310,7 @@ def visualize(
     *,
     runtime: Runtime | None = None,
     progress: Progress | None = None,
+    transparency: bool = False,
 ) -> list[VisResult]:
     """Algorithm 1 for a batch: optimize, transform, evaluate, round after round, then a last round.
 
@@ -313,6 +327,9 @@ def visualize(
             which then runs one long round of up to ``max_total_steps`` steps).
         runtime: precision and memory layout.
         progress: called as ``progress(round, rounds, step, q_C)``; may raise to cancel.
+        transparency: also return each image's transparency map (``VisResult.transparency``),
+            accumulated from the gradients the optimization computes anyway; each round's
+            transformation moves the map with the image.
 
     Returns:
         One result per image, in batch order; each image quantized to 8 bits (the saved PNG).
@@ -323,10 +340,11 @@ def visualize(
     x0 = initial.detach().clone().float().clamp_(0.0, 255.0)
     b, dev = x0.shape[0], x0.device
     targets = targets.to(dev).long()
-    param = P.make_param(spec.param, x0)
-    lr = spec.param.lr if spec.param.kind != "pixel" else cfg.lr
     grays = [float(initial[i].mean()) for i in range(b)]
     gens = [A.generator(A.image_seed(spec.seed, int(targets[i]), grays[i])) for i in range(b)]
+    param = P.make_param(spec.param, x0, gens)
+    lr = spec.param.lr if spec.param.kind != "pixel" else cfg.lr
+    sal = torch.zeros(b, *x0.shape[-2:], device=dev) if transparency else None
     aug = spec.augment if spec.augment.enabled else None
     rounds = spec.rounds()
     n_rounds = len(rounds) + 1
@@ -363,12 +381,17 @@ def visualize(
             gens=gens,
             runtime=rt,
             on_step=reporter(r),
+            saliency=sal,
         )
         total += steps
         idx = in_loop.nonzero()[:, 0]
         with torch.no_grad():
             moved = T.apply(param.render(param.data[idx]), op)
             param.data[idx] = param.encode(moved)
+            if sal is not None:  # the map follows the image (T.apply: 3 channels, 0..255)
+                top = sal[idx].amax(dim=(1, 2)).clamp(min=1e-30)[:, None, None]
+                m = (sal[idx] / top * 255.0)[:, None].expand(-1, 3, -1, -1)
+                sal[idx] = T.apply(m, op)[:, 0] * top / 255.0
         probs = None
         if len(names) > 0:
             probs = view_probs(model, param.images()[idx], targets[idx], t_angles, t_scales, rt)
@@ -403,6 +426,7 @@ def visualize(
             gens=gens,
             runtime=rt,
             on_step=reporter(n_rounds - 1),
+            saliency=sal,
         )
         total += steps
         for i in range(b):
@@ -420,4 +444,5 @@ def visualize(
             res.tests = {n: float(p) for n, p in zip(names, probs[i].tolist(), strict=True)}
         res.total_steps = int(total[i])
         res.q_final = float(q_final[i])
+        res.transparency = sal[i] if sal is not None else None
     return results
