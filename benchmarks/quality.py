@@ -209,6 +209,16 @@ def main() -> None:
         "--variant", action="append", default=[], help="NAME=JSON: a request body over the preset"
     )
     ap.add_argument("--limit", type=int, default=None, help="only the first N classes of a draw")
+    ap.add_argument("--cells", action="store_true", help="also save each picture on its own")
+    ap.add_argument(
+        "--reuse",
+        type=Path,
+        action="append",
+        default=[],
+        help="an earlier run's JSON (with --cells): its methods' figures and pictures are taken "
+        "from it instead of measured again",
+    )
+    ap.add_argument("--only", default=None, help="only these positions in the draw (e.g. 7,8,11)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--sheet-dir", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="cpu2", help="suffix of the sheet names")
@@ -233,15 +243,39 @@ def main() -> None:
     views = T.random_views(RandomViews())
     bare_fwd_bwd(gen)  # warm-up: the first forward+backward pays for allocation
 
+    reused: dict[tuple[str, str], dict[str, Any]] = {}  # (draw, method) -> figures and cells
+    for path in args.reuse:
+        prev = json.loads(path.read_text())
+        for d, dd in prev["draws"].items():
+            for m, mm in dd["methods"].items():
+                if m in methods and m not in [v.partition("=")[0] for v in args.variant]:
+                    if prev["specs"][m] != specs[m].model_dump(mode="json"):
+                        raise RuntimeError(f"{path}: method {m!r} ran with another spec")
+                    reused[(d, m)] = {**mm, "cells": dd["cells"][m]}
+
     out_draws: dict[str, Any] = {}
     for d in draws:
         classes = draw_classes(d)[: args.limit]
+        if args.only:
+            classes = [classes[int(k)] for k in args.only.split(",")]
         labels = [gen.info.labels[c] for c in classes]
         per_class: dict[str, dict[str, Any]] = {m: {} for m in methods}
         images: dict[str, list[torch.Tensor]] = {m: [] for m in methods}
+        cells: dict[str, dict[str, str]] = {m: {} for m in methods}
         for c, label in zip(classes, labels, strict=True):
             for m in methods:  # methods inner: a burst of load spreads over them
-                fig, img = measure(gen, jm, specs[m], c, views)
+                old = reused.get((d, m))
+                if old is not None and label in old["per_class"]:
+                    fig = old["per_class"][label]
+                    img = decode_image(Path(old["cells"][label]).read_bytes())
+                    cells[m][label] = old["cells"][label]
+                else:
+                    fig, img = measure(gen, jm, specs[m], c, views)
+                    if args.cells:  # every picture as it comes (to look at a long run)
+                        cell = args.sheet_dir / f"cells-{args.tag}" / f"{d}-{m}-{c}.png"
+                        cell.parent.mkdir(parents=True, exist_ok=True)
+                        cell.write_bytes(encode_png(img))
+                        cells[m][label] = str(cell)
                 per_class[m][label] = fig
                 images[m].append(img)
                 print(json.dumps({"draw": d, "method": m, "class": label, **fig}), flush=True)
@@ -253,6 +287,7 @@ def main() -> None:
             "seed": DRAWS[d],
             "classes": dict(zip(labels, classes, strict=True)),
             "sheet": str(path),
+            "cells": cells,
             "methods": {
                 m: {"mean": summarize(list(per_class[m].values())), "per_class": per_class[m]}
                 for m in methods

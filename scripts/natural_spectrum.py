@@ -8,7 +8,8 @@ photographs are the color ones that scikit-image ships in its wheel (no download
 chelsea, coffee, rocket and the left motorcycle of ``stereo_motorcycle``. From each, squares
 (the center one and the four corner ones, three quarters of the shorter side; both mirror
 images) are resized to ``SIZE`` px, mapped to 0..1, centered, moved into the decorrelated color
-space of ``param.COLOR_MATRIX`` and transformed (``rfft2``, orthonormal); the stored array is
+space of ``param.COLOR_MATRIX``, weighted by a Hann window and transformed (``rfft2``,
+orthonormal); the stored array is
 the mean magnitude, float16, shape (3, SIZE, SIZE // 2 + 1), ``rfft2``'s frequency order.
 """
 
@@ -54,11 +55,15 @@ def squares(img: np.ndarray) -> list[torch.Tensor]:
 def main() -> None:
     inv = torch.linalg.inv(COLOR_MATRIX)
     total = torch.zeros(3, SIZE, SIZE // 2 + 1, dtype=torch.float64)
+    # a Hann window: a photo's edges are not periodic, and without it their jumps would put
+    # strong vertical and horizontal lines into the spectrum (and grid patterns into pictures)
+    hann = torch.hann_window(SIZE, periodic=True, dtype=torch.float64)
+    window = (hann[:, None] * hann[None, :]) / (hann * hann).mean()
     n = 0
     for img in photos():
         for sq in squares(img):
             c = torch.einsum("ij,jhw->ihw", inv, sq - sq.mean(dim=(1, 2), keepdim=True))
-            total += torch.fft.rfft2(c, norm="ortho").abs()
+            total += torch.fft.rfft2(c * window, norm="ortho").abs()
             n += 1
     mag = (total / n).numpy().astype(np.float16)
     SPECTRUM_FILE.parent.mkdir(parents=True, exist_ok=True)

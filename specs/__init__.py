@@ -135,8 +135,9 @@ class ImageParameterization(_Frozen):
     by ``1 / frequency ** decay``, squashed to 0..255 by a sigmoid. Its Adam step size is ``lr``
     (in spectrum units); ``optimizer.lr`` (pixel units) is the pixel parameterization's.
     ``maco``: only the phase of that spectrum is optimized (``lr`` in radians), its magnitude is
-    the mean of photographs'; the image is standardized, then ``contrast`` and ``saturation``
-    set how strong its colors are.
+    the mean of photographs' and the image is standardized. In both, ``contrast`` (all three
+    decorrelated channels) and ``saturation`` (the two color-difference ones) scale the color
+    logits: how strong the colors get for a given spectrum.
     """
 
     kind: Literal["pixel", "fourier", "maco"] = "pixel"
@@ -152,10 +153,10 @@ class ImageParameterization(_Frozen):
         description="gray levels kept from 0 and 255 when an image is encoded (sigmoid)",
     )
     contrast: float = Field(
-        default=1.0, gt=0.0, le=8.0, description="maco: gain on the standardized image"
+        default=1.0, gt=0.0, le=8.0, description="gain on the color logits (maco: on the standardized image)"
     )
     saturation: float = Field(
-        default=1.0, ge=0.0, le=8.0, description="maco: gain on the two color-difference channels"
+        default=1.0, ge=0.0, le=8.0, description="gain on the two color-difference channels"
     )
 
 

@@ -110,3 +110,13 @@ def test_centered_crop_equals_the_zoom_and_noise_is_seeded() -> None:
     assert v1.shape == (6, 3, 16, 16) and torch.equal(v1, v2)
     quiet = A.Draw(d.angles, d.scales, d.shifts, d.offsets)
     assert not torch.equal(v1, A.apply(x, [quiet]))
+
+
+def test_fourier_gains_keep_the_round_trip_and_start() -> None:
+    cfg = ImageParameterization(kind="fourier", contrast=1.5, saturation=2.0, margin=64.0)
+    x = flat_gray([0, 100], 16)
+    p = P.FourierParam(x, cfg)
+    assert torch.allclose(p.images(), torch.tensor([64.0, 100.0])[:, None, None, None]
+                          .expand(2, 3, 16, 16), atol=1e-2)  # fmt: skip
+    y = 130.0 + torch.linspace(-30, 30, 16)[None, None, None, :].expand(2, 3, 16, 16)
+    assert torch.allclose(p.render(p.encode(y)), y, atol=1e-2)

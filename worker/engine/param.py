@@ -124,6 +124,9 @@ class FourierParam:
         dev = images.device
         self.scale = spectrum_scale(self.h, self.w, cfg.decay).to(dev, torch.float32)[..., None]
         color = COLOR_MATRIX if cfg.decorrelate else torch.eye(3, dtype=torch.float64)
+        if cfg.contrast != 1.0 or cfg.saturation != 1.0:
+            gain = torch.tensor([1.0, cfg.saturation, cfg.saturation], dtype=torch.float64)
+            color = color * gain[None, :] * cfg.contrast
         self.color = color.to(dev, torch.float32)
         self.color_inv = torch.linalg.inv(color).to(dev, torch.float32)
         self.data = self.encode(images)
