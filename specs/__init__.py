@@ -153,7 +153,10 @@ class ImageParameterization(_Frozen):
         description="gray levels kept from 0 and 255 when an image is encoded (sigmoid)",
     )
     contrast: float = Field(
-        default=1.0, gt=0.0, le=8.0, description="gain on the color logits (maco: on the standardized image)"
+        default=1.0,
+        gt=0.0,
+        le=8.0,
+        description="gain on the color logits (maco: on the standardized image)",
     )
     saturation: float = Field(
         default=1.0, ge=0.0, le=8.0, description="gain on the two color-difference channels"
@@ -165,9 +168,9 @@ class StepAugment(_Frozen):
 
     Each step sees every image under ``views`` random views: an integer shift by up to ``jitter``
     pixels (black fill), then a rotation by an angle uniform in ±``max_rotation`` degrees and a
-    zoom uniform in [``scale_min``, ``scale_max``] about the center (moved by ``translate``: random
-    crops at several scales), plus Gaussian noise of ``noise`` gray levels. The objective is the mean
-    over the views, and a round ends when the mean target probability over them passes
+    zoom uniform in [``scale_min``, ``scale_max``] about the center (moved by ``translate``:
+    random crops at several scales), plus Gaussian noise of ``noise`` gray levels. The objective
+    is the mean over the views, and a round ends when the mean target probability over them passes
     ``q_target``. Drawn from a generator seeded by the job's seed and the image's target and gray.
     """
 

@@ -13,7 +13,7 @@ import torch
 from worker.engine.images import check_images, to_uint8
 
 DEFAULT_QUANTILE = 0.99
-"""Values above this quantile of the map are clipped (a few pixels would otherwise set the scale)."""
+"""Values above this quantile of the map are clipped (a few pixels would set the scale)."""
 
 
 def alpha(saliency: torch.Tensor, quantile: float = DEFAULT_QUANTILE) -> torch.Tensor:
@@ -43,9 +43,7 @@ def rgba(image: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """The picture (3, H, W) in pixel space with alpha (H, W) in 0..1 -> (4, H, W) uint8."""
     check_images(image[None], "image")
     if a.shape != image.shape[-2:]:
-        raise ValueError(
-            f"expected alpha of shape {tuple(image.shape[-2:])}, got {tuple(a.shape)}"
-        )
+        raise ValueError(f"expected alpha of shape {tuple(image.shape[-2:])}, got {tuple(a.shape)}")
     return torch.cat([to_uint8(image), to_uint8(a[None].to(image) * 255.0)])
 
 
