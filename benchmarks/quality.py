@@ -108,7 +108,7 @@ def bare_fwd_bwd(model: LoadedModel, reps: int = 3) -> float:
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        O._forward(model, x, O.Runtime())[:, 0].sum().backward()
+        torch.autograd.grad(O._forward(model, x, O.Runtime())[:, 0].sum(), x)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -191,7 +191,7 @@ MEAN_KEYS = (
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    mean = {k: round(statistics.fmean(r[k] for r in rows), 4) for k in MEAN_KEYS}
+    mean: dict[str, Any] = {k: round(statistics.fmean(r[k] for r in rows), 4) for k in MEAN_KEYS}
     mean["meets_targets"] = {
         "lite0_views>=0.9": mean["lite0_views"] >= TARGETS["lite0_views"],
         "lite1_identity>=0.9": mean["lite1_identity"] >= TARGETS["lite1_identity"],
@@ -251,9 +251,51 @@ def main() -> None:
                 if m in methods and m not in [v.partition("=")[0] for v in args.variant]:
                     if prev["specs"][m] != specs[m].model_dump(mode="json"):
                         raise RuntimeError(f"{path}: method {m!r} ran with another spec")
-                    reused[(d, m)] = {**mm, "cells": dd["cells"][m]}
+                    got = reused.setdefault((d, m), {"per_class": {}, "cells": {}})
+                    got["per_class"].update(mm["per_class"])  # several runs of parts of a draw
+                    got["cells"].update(dd["cells"][m])
 
     out_draws: dict[str, Any] = {}
+    out = {
+        "benchmark": "quality (issue 12)",
+        "generator": "efficientnet_lite0",
+        "judge": "efficientnet_lite1",
+        "size": gen.info.input_size,
+        "initial_gray": 0,
+        "views": RandomViews().model_dump(),
+        "targets": TARGETS,
+        "reference_bare_fwd_bwd": REFERENCE_BARE,
+        "specs": {m: specs[m].model_dump(mode="json") for m in methods},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "shared": "the 2-core development VM, shared by several engineers while this ran",
+            "load_after": _load(),
+        },
+        "draws": out_draws,
+    }
+
+    def dump(d: str, classes: list[int], per_class: dict[str, Any], cells: Any, sheet: str) -> None:
+        """Write the JSON so far (a long run on a loaded machine leaves its figures behind)."""
+        out_draws[d] = {
+            "seed": DRAWS[d],
+            "classes": {gen.info.labels[c]: c for c in classes},
+            "sheet": sheet,
+            "cells": cells,
+            "methods": {
+                m: {"mean": summarize(list(per_class[m].values())), "per_class": per_class[m]}
+                for m in methods
+                if per_class[m]
+            },
+        }
+        out["machine"]["load_after"] = _load()  # type: ignore[index]
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(out, indent=2) + "\n")
+
     for d in draws:
         classes = draw_classes(d)[: args.limit]
         if args.only:
@@ -279,48 +321,17 @@ def main() -> None:
                 per_class[m][label] = fig
                 images[m].append(img)
                 print(json.dumps({"draw": d, "method": m, "class": label, **fig}), flush=True)
+            dump(d, classes, per_class, cells, "")
         sheet = render.grid([images[m] for m in methods], row_labels=methods, col_labels=labels)
         path = args.sheet_dir / f"quality-{d}-{args.tag}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(encode_png(sheet))
-        out_draws[d] = {
-            "seed": DRAWS[d],
-            "classes": dict(zip(labels, classes, strict=True)),
-            "sheet": str(path),
-            "cells": cells,
-            "methods": {
-                m: {"mean": summarize(list(per_class[m].values())), "per_class": per_class[m]}
-                for m in methods
-            },
-        }
+        dump(d, classes, per_class, cells, str(path))
         for m in methods:
             print(json.dumps({"draw": d, "method": m, **out_draws[d]["methods"][m]["mean"]}))
 
-    out = {
-        "benchmark": "quality (issue 12)",
-        "generator": "efficientnet_lite0",
-        "judge": "efficientnet_lite1",
-        "size": gen.info.input_size,
-        "initial_gray": 0,
-        "views": RandomViews().model_dump(),
-        "targets": TARGETS,
-        "reference_bare_fwd_bwd": REFERENCE_BARE,
-        "specs": {m: specs[m].model_dump(mode="json") for m in methods},
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "shared": "the 2-core development VM, shared by several engineers while this ran",
-            "load_after": _load(),
-        },
-        "draws": out_draws,
-    }
-    text = json.dumps(out, indent=2)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -67,9 +67,9 @@ def natural_magnitude(h: int, w: int) -> torch.Tensor:
     """
     m = torch.fft.fftshift(_stored_spectrum(), dim=-2)[None]
     m = F.interpolate(m, size=(h, w // 2 + 1), mode="bilinear", align_corners=True)[0]
-    m = torch.fft.ifftshift(m, dim=-2).contiguous()
-    m[:, 0, 0] = 0.0
-    return m
+    out: torch.Tensor = torch.fft.ifftshift(m, dim=-2).contiguous()
+    out[:, 0, 0] = 0.0
+    return out
 
 
 def rfft2_freqs(h: int, w: int) -> torch.Tensor:
