@@ -71,7 +71,15 @@ OLD_PRESET: dict[str, Any] = {
     "schedule": [{"op": "rotate", "value": 90.0, "repeat": 3}],
     "optimizer": {"max_steps_per_round": 20},
     "tests": {"rotations": [], "scales": []},
-    "param": {"kind": "fourier", "lr": 0.1, "margin": 64.0, "decay": 1.0, "decorrelate": True},
+    "param": {
+        "kind": "fourier",
+        "lr": 0.1,
+        "margin": 64.0,
+        "decay": 1.0,
+        "decorrelate": True,
+        "contrast": 1.0,
+        "saturation": 1.0,
+    },
     "augment": {
         "views": 2,
         "jitter": 8,
