@@ -92,15 +92,18 @@ def test_pixel_parameterization_with_random_views(tiny: LoadedModel) -> None:
 
 
 @pytest.mark.slow
-def test_preset_is_confident_and_invariant_on_the_real_model() -> None:
-    lite = Registry().load("efficientnet_lite0")
-    target = torch.tensor([lite.info.resolve_target("goldfish")])
-    res = O.visualize(lite, flat_gray([0], 224), target, OptimizeSpec(method="invariant+"))[0]
+def test_preset_is_invariant_on_the_real_model_and_another_model_sees_the_class() -> None:
+    reg = Registry()
+    lite0, lite1 = reg.load("efficientnet_lite0"), reg.load("efficientnet_lite1")
+    target = torch.tensor([lite0.info.resolve_target("goldfinch")])
+    res = O.visualize(lite0, flat_gray([0], 224), target, OptimizeSpec(method="invariant+"))[0]
     img = decode_image(encode_png(res.image))[None]  # the saved 8-bit PNG
     angles, scales = T.random_views(RandomViews())  # the quality report's 16 views
-    assert float(O.target_probs(lite, img, target)[0]) >= 0.9
-    views = float(O.view_probs(lite, img, target, angles, scales).mean())
-    assert views >= 0.85, views
+    views = float(O.view_probs(lite0, img, target, angles, scales).mean())
+    assert views >= 0.9, views
+    judged = torch.nn.functional.interpolate(img, size=(240, 240), mode="bilinear", antialias=True)
+    top5 = [i for i, _, _ in O.topk(lite1, judged.clamp(0, 255), 5)[0]]
+    assert int(target) in top5, top5  # the judge (not the generating model) sees the class
 
 
 @pytest.mark.parametrize("batch", [2, 5])

@@ -2,7 +2,8 @@
 
 At every optimization step each image is seen under ``views`` random transformations: an integer
 jitter (shift with black fill), then a rotation and a zoom about the center (bilinear, black
-fill, as in ``transforms.warp``). The parameters are drawn (``draw``) apart from being applied
+fill, as in ``transforms.warp``); optionally a zoomed-in view moves off the center (a random crop,
+as MACO's) and Gaussian noise is added. The parameters are drawn (``draw``) apart from being applied
 (``apply``), from a seeded CPU ``torch.Generator`` that belongs to one image, so that a batch gives
 the same draws as running its images one by one, on every device.
 """
@@ -22,11 +23,16 @@ from worker.engine.images import check_images
 
 @dataclass(frozen=True)
 class Draw:
-    """Parameters of V views: angles (V,) degrees, scales (V,), shifts (V, 2) int (dy, dx)."""
+    """Parameters of V views: angles (V,) degrees, scales (V,), shifts (V, 2) int (dy, dx);
+    optionally offsets (V, 2) of the view's center (x, y) in normalized coordinates (-1..1,
+    ``affine_grid``'s) and noise (one seed per view, int64 (V,), with its std in pixels)."""
 
     angles: torch.Tensor
     scales: torch.Tensor
     shifts: torch.Tensor
+    offsets: torch.Tensor | None = None
+    noise_seeds: torch.Tensor | None = None
+    noise: float = 0.0
 
 
 def image_seed(seed: int, target: int, initial_gray: float) -> int:
@@ -47,14 +53,25 @@ def draw(gen: torch.Generator, cfg: StepAugment) -> Draw:
     """``cfg.views`` random views: angle uniform in [-max_rotation, max_rotation], scale uniform
     in [scale_min, scale_max], shifts uniform integers in [-jitter, jitter].
 
-    Always consumes the same amount of randomness for a given ``cfg``.
+    With ``translate``, the center of a view zoomed by s moves by up to ``translate * (1 - 1/s)``
+    (normalized coordinates) along each axis: a crop that stays inside the image. With ``noise``,
+    each view gets a seed for its noise. Always consumes the same amount of randomness for a
+    given ``cfg`` (and none for the options it leaves off).
     """
     v = cfg.views
     u = torch.rand(2, v, generator=gen, dtype=torch.float64)
     shifts = torch.randint(-cfg.jitter, cfg.jitter + 1, (v, 2), generator=gen)
     angles = (2.0 * u[0] - 1.0) * cfg.max_rotation
     scales = cfg.scale_min + u[1] * (cfg.scale_max - cfg.scale_min)
-    return Draw(angles, scales, shifts)
+    offsets = None
+    if cfg.translate > 0:
+        room = (1.0 - 1.0 / scales).clamp(min=0.0)[:, None]  # (V, 1)
+        w = torch.rand(v, 2, generator=gen, dtype=torch.float64)
+        offsets = (2.0 * w - 1.0) * cfg.translate * room
+    seeds = None
+    if cfg.noise > 0:
+        seeds = torch.randint(0, 2**62, (v,), generator=gen)
+    return Draw(angles, scales, shifts, offsets, seeds, cfg.noise)
 
 
 def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -88,9 +105,38 @@ def apply(x: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
     jittered = torch.cat(out)
     angles = torch.cat([d.angles for d in draws])  # CPU: decided here, moved by warp
     scales = torch.cat([d.scales for d in draws])
-    if bool((angles == 0).all()) and bool((scales == 1).all()):
-        return jittered
-    return T.warp(jittered, angles, scales)
+    if draws[0].offsets is not None:
+        offsets = torch.cat([d.offsets for d in draws if d.offsets is not None]).to(x.device)
+        views = crop(jittered, angles.to(x.device), scales.to(x.device), offsets)
+    elif bool((angles == 0).all()) and bool((scales == 1).all()):
+        views = jittered
+    else:
+        views = T.warp(jittered, angles, scales)
+    if draws[0].noise_seeds is not None and draws[0].noise > 0:
+        shape = tuple(views.shape[1:])
+        noise = [
+            torch.randn(shape, generator=generator(int(s))) * d.noise
+            for d in draws
+            for s in (d.noise_seeds if d.noise_seeds is not None else [])
+        ]
+        views = views + torch.stack(noise).to(views)
+    return views
 
 
-__all__ = ["Draw", "apply", "draw", "generator", "image_seed", "shift"]
+def crop(
+    x: torch.Tensor, degrees: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor
+) -> torch.Tensor:
+    """Rotate and zoom each image of ``x`` (N, 3, H, W) about the point ``offsets`` (N, 2),
+    (x, y) in normalized coordinates: the view centered there, resized to the full size.
+
+    Bilinear, black fill outside the image, clipped to 0..255; differentiable.
+    """
+    check_images(x)
+    theta = T.affine_theta(degrees.to(x), scales.to(x)).clone()
+    theta[:, :, 2] = offsets.to(x)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.clamp(0.0, 255.0)
+
+
+__all__ = ["Draw", "apply", "crop", "draw", "generator", "image_seed", "shift"]

@@ -39,14 +39,23 @@ def invert(x: torch.Tensor) -> torch.Tensor:
     return 255 - x
 
 
+_PNG_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
 def encode_png(x: torch.Tensor) -> bytes:
-    """One image (3, H, W) in pixel space, or uint8, as 8-bit RGB PNG bytes (deterministic)."""
-    if x.ndim != 3 or x.shape[0] != 3:
+    """One image (3, H, W) in pixel space, or uint8, as 8-bit RGB PNG bytes (deterministic).
+
+    (1, H, W) gives a grayscale PNG and (4, H, W) an RGBA one (the fourth channel is alpha).
+    """
+    if x.ndim != 3 or x.shape[0] not in _PNG_MODES:
         raise ValueError(f"expected one image of shape (3, H, W), got {tuple(x.shape)}")
     u8 = x if x.dtype == torch.uint8 else to_uint8(x)
     arr = u8.detach().cpu().permute(1, 2, 0).contiguous().numpy()
+    mode = _PNG_MODES[int(x.shape[0])]
+    if mode == "L":
+        arr = arr[..., 0]
     buf = io.BytesIO()
-    Image.fromarray(arr, mode="RGB").save(buf, format="PNG", optimize=False, compress_level=6)
+    Image.fromarray(arr, mode=mode).save(buf, format="PNG", optimize=False, compress_level=6)
     return buf.getvalue()
 
 

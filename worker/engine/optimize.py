@@ -210,6 +210,8 @@ class VisResult:
     total_steps: int = 0
     stopped_by: str = "schedule"
     q_final: float = 0.0
+    transparency: torch.Tensor | None = None
+    """(H, W) when asked: the sum over steps of |d objective / d image| (channels summed), >= 0."""
 
 
 def _forward(model: LoadedModel, x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
@@ -384,6 +386,39 @@ def optimize_round(
     return out
 
 
+def _views(d: A.Draw, a: int, k: int) -> A.Draw:
+    """Views ``a .. a + k`` of one image's draw."""
+    return A.Draw(
+        d.angles[a : a + k],
+        d.scales[a : a + k],
+        d.shifts[a : a + k],
+        None if d.offsets is None else d.offsets[a : a + k],
+        None if d.noise_seeds is None else d.noise_seeds[a : a + k],
+        d.noise,
+    )
+
+
+def _grad(
+    obj: torch.Tensor,
+    sub: torch.Tensor,
+    rendered: torch.Tensor,
+    saliency: torch.Tensor | None,
+    sel: torch.Tensor | slice,
+) -> torch.Tensor:
+    """d obj / d sub; with ``saliency`` (B, H, W), also add each image's |d obj / d rendered|
+    (channels summed) to its row ``sel``: the same backward pass, no extra one."""
+    if saliency is None:
+        (grad,) = torch.autograd.grad(obj, sub)
+        return grad
+    if rendered is sub:  # the pixel parameterization: the same gradient
+        (grad,) = torch.autograd.grad(obj, sub)
+        g_img = grad
+    else:
+        grad, g_img = torch.autograd.grad(obj, [sub, rendered])
+    saliency[sel] += g_img.abs().sum(dim=1).to(saliency)
+    return grad
+
+
 def param_round(
     model: LoadedModel,
     param: P.ImageParam,
@@ -399,12 +434,15 @@ def param_round(
     on_step: Callable[[int, float], None] | None = None,
     on_pass: Callable[[int, float], None] | None = None,
     plan: PassPlan | None = None,
+    saliency: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``optimize_round`` on any parameterization, optionally under random views at every step.
 
     With ``augment``, each image draws its views from its own generator ``gens[i]`` at every step
     it takes part in; the objective is the mean over its views and ``q_C`` (early stop, trace) is
     the mean target probability over them. Without, the image itself is seen, as in the paper.
+    ``saliency`` (B, H, W), when given, accumulates each stepping image's |gradient| with respect
+    to its rendered pixel-space image (channels summed): no extra forward or backward pass.
 
     The images still being optimized go through the model in the passes of ``plan`` (default:
     ``plan_passes`` for this batch). Between two passes of one step, ``on_pass(step, q_C)`` is
@@ -452,9 +490,9 @@ def param_round(
                 passes += 1
                 k = min(plan.views, nv - a)
                 img = param.render(sub)  # (n, 3, H, W), pixel space
+                rendered = img
                 if augment is not None:
-                    img = A.apply(img, [A.Draw(d.angles[a : a + k], d.scales[a : a + k],
-                                               d.shifts[a : a + k]) for d in draws])  # fmt: skip
+                    img = A.apply(img, [_views(d, a, k) for d in draws])  # (n*k, 3, H, W)
                 logits = _forward(model, img, rt).float()
                 logp = logits.log_softmax(dim=1)
                 tg = tg_img.repeat_interleave(k)[:, None]
@@ -465,11 +503,11 @@ def param_round(
                     go_c = ~((qc > q_target) | (steps[sel] >= max_steps[sel]))
                     obj = chosen.view(-1, k).mean(dim=1)  # mean over views
                     if dev.type == "cuda" or bool(go_c.any()):  # CPU: no wait, skip the backward
-                        (grad,) = torch.autograd.grad((obj * go_c).sum(), sub)
+                        grad = _grad((obj * go_c).sum(), sub, rendered, saliency, sel)
                     q_sum = qc
                 else:  # a share of the views: their part of the mean, go decided after all
                     obj = chosen.view(-1, k).sum(dim=1) / nv
-                    (g,) = torch.autograd.grad(obj.sum(), sub)
+                    g = _grad(obj.sum(), sub, rendered, saliency, sel)
                     grad = g if grad is None else grad + g
                     q_sum = q_sum + p.sum(dim=1)
             qc = q_sum if not split else q_sum / nv
@@ -511,6 +549,7 @@ def visualize(
     runtime: Runtime | None = None,
     progress: Progress | None = None,
     test_every: int = TEST_EVERY,
+    transparency: bool = False,
 ) -> list[VisResult]:
     """Algorithm 1 for a batch: optimize, transform, evaluate, round after round, then a last round.
 
@@ -534,6 +573,9 @@ def visualize(
         progress: called as ``progress(round, rounds, step, q_C)`` after every step and
             between the passes of a step that takes several; may raise to cancel.
         test_every: rounds between trace tests when the criterion is off (1: every round).
+        transparency: also return each image's transparency map (``VisResult.transparency``),
+            accumulated from the gradients the optimization computes anyway; each round's
+            transformation moves the map with the image.
 
     Returns:
         One result per image, in batch order; each image quantized to 8 bits (the saved PNG).
@@ -544,10 +586,11 @@ def visualize(
     x0 = initial.detach().clone().float().clamp_(0.0, 255.0)
     b, dev = x0.shape[0], x0.device
     targets = targets.to(dev).long()
-    param = P.make_param(spec.param, x0)
-    lr = spec.param.lr if spec.param.kind != "pixel" else cfg.lr
     grays = [float(initial[i].mean()) for i in range(b)]
     gens = [A.generator(A.image_seed(spec.seed, int(targets[i]), grays[i])) for i in range(b)]
+    param = P.make_param(spec.param, x0, gens)
+    lr = spec.param.lr if spec.param.kind != "pixel" else cfg.lr
+    sal = torch.zeros(b, *x0.shape[-2:], device=dev) if transparency else None
     aug = spec.augment if spec.augment.enabled else None
     rounds = spec.rounds()
     n_rounds = len(rounds) + 1
@@ -591,12 +634,17 @@ def visualize(
             on_step=reporter(r),
             on_pass=reporter(r),
             plan=loop_plan,
+            saliency=sal,
         )
         total += steps
         idx = in_loop.nonzero()[:, 0]
         with torch.no_grad():
             moved = T.apply(param.render(param.data[idx]), op)
             param.data[idx] = param.encode(moved)
+            if sal is not None:  # the map follows the image (T.apply: 3 channels, 0..255)
+                top = sal[idx].amax(dim=(1, 2)).clamp(min=1e-30)[:, None, None]
+                m = (sal[idx] / top * 255.0)[:, None].expand(-1, 3, -1, -1)
+                sal[idx] = T.apply(m, op)[:, 0] * top / 255.0
         probs = None
         tested = crit.kind != "off" or (r + 1) % test_every == 0 or r == len(rounds) - 1
         if names and tested:
@@ -632,6 +680,7 @@ def visualize(
             on_step=reporter(n_rounds - 1),
             on_pass=reporter(n_rounds - 1),
             plan=final_plan,
+            saliency=sal,
         )
         total += steps
         for i in range(b):
@@ -649,4 +698,5 @@ def visualize(
             res.tests = {n: float(p) for n, p in zip(names, probs[i].tolist(), strict=True)}
         res.total_steps = int(total[i])
         res.q_final = float(q_final[i])
+        res.transparency = sal[i] if sal is not None else None
     return results

@@ -38,6 +38,20 @@ def quality(
     ]
 
 
+def add_transparency(
+    out: JobOutput, base: str, image: torch.Tensor, saliency: torch.Tensor
+) -> dict[str, str]:
+    """The transparency artifacts of one picture: the map as a grayscale PNG and the picture with
+    it as alpha (RGBA PNG). Returns their names by role."""
+    from worker.engine import transparency as TR
+
+    a = TR.alpha(saliency)
+    return {
+        "transparency": out.add_png(f"{base}-transparency.png", TR.gray(a)),
+        "rgba": out.add_png(f"{base}-rgba.png", TR.rgba(image, a)),
+    }
+
+
 def run_visualize(spec: VisualizeSpec, ctx: JobContext) -> JobOutput:
     """Visualize every target with every model of the spec (each model's targets as one batch)."""
     registry, runtime, progress = ctx.registry, ctx.runtime, ctx.progress
@@ -58,7 +72,10 @@ def run_visualize(spec: VisualizeSpec, ctx: JobContext) -> JobOutput:
             if progress is not None:
                 progress(mi * n_rounds + r, len(models) * n_rounds, step, q)
 
-        results = O.visualize(model, initial, tg, spec, runtime=runtime, progress=report)
+        results = O.visualize(
+            model, initial, tg, spec, runtime=runtime, progress=report,
+            transparency=spec.transparency,
+        )  # fmt: skip
         images = torch.stack([r.image for r in results])
         finals[name] = images
         top5 = O.topk(model, images, 5)
@@ -91,6 +108,8 @@ def run_visualize(spec: VisualizeSpec, ctx: JobContext) -> JobOutput:
                 "inverted": out.add_png(f"{base}-inverted.png", invert(res.image)),
                 "report": f"{base}-report.json",
             }
+            if res.transparency is not None:
+                entry["artifacts"].update(add_transparency(out, base, res.image, res.transparency))
             out.add_json(entry["artifacts"]["report"], entry)
             entries.append(entry)
         per_model.extend(entries)
