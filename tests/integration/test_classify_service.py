@@ -47,7 +47,7 @@ def test_classify_a_photo_with_the_default_model_through_the_queue(service: Serv
     job_id = upload(service, "/classify", {"chelsea.png": photo("chelsea.png")}, None)
     job = succeeded(service, job_id)
     res = job["result"]
-    assert job["params"] == {"models": ["efficientnet_lite0"], "top_k": 5,
+    assert job["params"] == {"webhook": None, "models": ["efficientnet_lite0"], "top_k": 5,
                              "images": ["chelsea.png"]}  # fmt: skip
     (image,) = res["images"]
     assert (image["name"], image["width"], image["height"]) == ("chelsea.png", 451, 300)
