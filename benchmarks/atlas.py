@@ -35,6 +35,24 @@ def _job_memory(r: Any, keys: list[str]) -> int:
     return sum(int(r.memory_usage(k, samples=0) or 0) for k in keys if r.exists(k))
 
 
+def _create(url: str, prefix: str, job_id: str, spec: dict[str, Any]) -> None:
+    """Create a queued visualize record the way the API does (its async store)."""
+    import asyncio
+
+    import redis.asyncio as aredis
+
+    from core.store import AsyncJobStore
+
+    async def run() -> None:
+        client = aredis.Redis.from_url(url)
+        try:
+            await AsyncJobStore(client, prefix, 3600).create(job_id, "visualize", spec)
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
 def redis_memory(server: Any, model: str, tmp: Path) -> dict[str, Any]:
     """MEMORY USAGE of a finished one-target visualize job, before and after."""
     from core.artifacts import DirectoryStore, write_all
@@ -57,7 +75,7 @@ def redis_memory(server: Any, model: str, tmp: Path) -> dict[str, Any]:
     for layout in ("before", "after"):
         store = JobStore(r, f"bench-mem-{layout}", 3600)
         job_id = f"job-{layout}"
-        store.create(job_id, "visualize", spec.model_dump(mode="json"))
+        _create(server.url, store.keys.prefix, job_id, spec.model_dump(mode="json"))
         store.start(job_id, 3)
         if layout == "before":  # main before issue 10: the bytes in the hash
             staged = [(a.name, a.data) for a in out.artifacts]
