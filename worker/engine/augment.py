@@ -33,6 +33,7 @@ class Draw:
     offsets: torch.Tensor | None = None
     noise_seeds: torch.Tensor | None = None
     noise: float = 0.0
+    size: int | None = None
 
 
 def image_seed(seed: int, target: int, initial_gray: float) -> int:
@@ -71,7 +72,7 @@ def draw(gen: torch.Generator, cfg: StepAugment) -> Draw:
     seeds = None
     if cfg.noise > 0:
         seeds = torch.randint(0, 2**62, (v,), generator=gen)
-    return Draw(angles, scales, shifts, offsets, seeds, cfg.noise)
+    return Draw(angles, scales, shifts, offsets, seeds, cfg.noise, cfg.view_size)
 
 
 def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -89,7 +90,8 @@ def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 def apply(x: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
     """Every image under its own views: x (N, 3, H, W), one ``Draw`` of V views per image ->
-    (N * V, 3, H, W), image-major; differentiable with respect to ``x``.
+    (N * V, 3, S, S), image-major, S the draws' ``size`` (default H); differentiable with respect
+    to ``x``.
     """
     check_images(x)
     if len(draws) != x.shape[0]:
@@ -105,9 +107,14 @@ def apply(x: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
     jittered = torch.cat(out)
     angles = torch.cat([d.angles for d in draws])  # CPU: decided here, moved by warp
     scales = torch.cat([d.scales for d in draws])
-    if draws[0].offsets is not None:
-        offsets = torch.cat([d.offsets for d in draws if d.offsets is not None]).to(x.device)
-        views = crop(jittered, angles.to(x.device), scales.to(x.device), offsets)
+    size = draws[0].size
+    if draws[0].offsets is not None or (size is not None and size != x.shape[-1]):
+        offsets = (
+            torch.cat([d.offsets for d in draws if d.offsets is not None])
+            if draws[0].offsets is not None
+            else torch.zeros(angles.shape[0], 2, dtype=torch.float64)
+        ).to(x.device)
+        views = crop(jittered, angles.to(x.device), scales.to(x.device), offsets, size)
     elif bool((angles == 0).all()) and bool((scales == 1).all()):
         views = jittered
     else:
@@ -124,17 +131,23 @@ def apply(x: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
 
 
 def crop(
-    x: torch.Tensor, degrees: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor
+    x: torch.Tensor,
+    degrees: torch.Tensor,
+    scales: torch.Tensor,
+    offsets: torch.Tensor,
+    size: int | None = None,
 ) -> torch.Tensor:
     """Rotate and zoom each image of ``x`` (N, 3, H, W) about the point ``offsets`` (N, 2),
-    (x, y) in normalized coordinates: the view centered there, resized to the full size.
+    (x, y) in normalized coordinates: the view centered there, resampled to ``size`` × ``size``
+    pixels (default: H × W). A zoom s shows ``H / s`` pixels of the image on ``size`` pixels.
 
     Bilinear, black fill outside the image, clipped to 0..255; differentiable.
     """
     check_images(x)
     theta = T.affine_theta(degrees.to(x), scales.to(x)).clone()
     theta[:, :, 2] = offsets.to(x)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    shape = list(x.shape) if size is None else [x.shape[0], x.shape[1], size, size]
+    grid = F.affine_grid(theta, shape, align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.clamp(0.0, 255.0)
 
