@@ -5,7 +5,9 @@
 
 The generating model is efficientnet_lite0 at 224 px; the judge is efficientnet_lite1 (240 px,
 another model). Classes are drawn at random from all 1,000 ImageNet classes with fixed seeds
-(``DRAWS``): ``tune`` is the draw the preset was tuned on, ``holdout`` one it never saw. For every
+(``DRAWS``): ``tune`` is the draw the preset was tuned on, ``holdout`` one it was checked on
+while tuning, ``fresh`` one drawn after the tuning (issue 12's second pass) and run only to check
+the final choice. For every
 class and method, one visualization from black (one target at a time), then on the saved 8-bit PNG
 decoded again:
 
@@ -54,11 +56,12 @@ from worker.engine import transforms as T
 from worker.engine.images import decode_image, encode_png, flat_gray
 from worker.engine.models import LoadedModel, Registry
 
-DRAWS = {"tune": 12, "holdout": 1012}
+DRAWS = {"tune": 12, "holdout": 1012, "fresh": 2026}
 """Seeds of the class draws: ``sorted(random.Random(seed).sample(range(1000), 12))``."""
 DRAWN = {
     "tune": [11, 146, 275, 280, 358, 383, 390, 485, 494, 541, 673, 682],
     "holdout": [30, 148, 162, 213, 262, 346, 352, 413, 442, 620, 666, 870],
+    "fresh": [105, 121, 228, 327, 514, 524, 662, 880, 905, 916, 974, 975],
 }
 """The classes those seeds give (checked at start), kept so the draw never changes silently."""
 CLASSES_PER_DRAW = 12

@@ -197,13 +197,13 @@ class StepAugment(_Frozen):
         "the zoom leaves, so crops come from anywhere in the image",
     )
     noise: float = Field(default=0.0, ge=0.0, le=64.0, description="additive noise, pixel std")
-    view_size: int | None = Field(
-        default=None,
-        ge=32,
-        le=512,
-        description="side in pixels of each view sent to the model (default: the image's): a "
-        "view zoomed by image side / view_size keeps the image's pixel scale at a fraction of "
-        "the cost (a crop)",
+    view_scale: float = Field(
+        default=1.0,
+        ge=0.25,
+        le=1.0,
+        description="side of each view sent to the model, as a share of the image's side: at "
+        "0.75 a view costs about half, and a zoom of 1 / 0.75 keeps the image's pixel scale "
+        "(a crop)",
     )
 
     @model_validator(mode="after")
@@ -280,13 +280,10 @@ class OptimizeSpec(JobSpec):
     @classmethod
     def _step_fits(cls, v: StepAugment, info: ValidationInfo) -> StepAugment:
         size = info.data.get("size")
-        if v.enabled and v.view_size is not None:
-            size = v.view_size
         if isinstance(size, int) and max(1, v.views) * size * size > MAX_STEP_PIXELS:
             raise ValueError(
                 f"views × size² must be at most {MAX_STEP_PIXELS} pixels per step, got "
-                f"{v.views} × {size}² = {v.views * size * size}; use fewer views or a smaller "
-                "size (or augment.view_size)"
+                f"{v.views} × {size}² = {v.views * size * size}; use fewer views or a smaller size"
             )
         return v
 

@@ -116,11 +116,11 @@ def _test_views(tests: TransformTests) -> int:
     return len(tests.rotations) + len(tests.scales)
 
 
-def image_passes(spec: OptimizeSpec, side: int | None = None) -> int:
-    """Forward-pass equivalents of optimizing one image (Algorithm 1) of side ``side``, at most.
+def image_passes(spec: OptimizeSpec) -> int:
+    """Forward-pass equivalents of optimizing one image (Algorithm 1), at most.
 
-    A step's view counts as one image; one resampled to an ``augment.view_size`` larger than
-    ``side`` counts as ``ceil((view_size / side)²)`` (smaller ones as one: an upper bound).
+    A step's view counts as one image, also when ``augment.view_scale`` makes it smaller (an
+    upper bound).
 
     >>> image_passes(OptimizeSpec(method="vanilla", optimizer={"max_total_steps": 10},
     ...                           tests={"rotations": [], "scales": []}))
@@ -129,9 +129,6 @@ def image_passes(spec: OptimizeSpec, side: int | None = None) -> int:
     cfg = spec.optimizer
     r = rounds(spec)
     nv = max(1, spec.augment.views)
-    vs = spec.augment.view_size
-    if side and vs and vs > side:
-        nv *= -(-(vs * vs) // (side * side))
     nv_final = nv if spec.augment.final_round else 1
     nt = _test_views(spec.tests)
     loop_steps = min(r * cfg.max_steps_per_round, cfg.max_total_steps)
@@ -146,8 +143,8 @@ def image_passes(spec: OptimizeSpec, side: int | None = None) -> int:
 
 
 def _view_side(spec: OptimizeSpec, side: int) -> int:
-    """The side of a step's views sent to the model (``augment.view_size``, else the image's)."""
-    return spec.augment.view_size or side if spec.augment.enabled else side
+    """The side of a step's views sent to the model (``augment.view_scale`` of the image's)."""
+    return round(side * spec.augment.view_scale) if spec.augment.enabled else side
 
 
 def _step_pixels(spec: OptimizeSpec, side: int) -> int:
@@ -167,7 +164,7 @@ def estimate(kind: str, spec: BaseModel, input_sizes: Mapping[str, int]) -> Cost
         return _visualize(spec, input_sizes)
     if isinstance(spec, SweepSpec):
         side = spec.size or _side(input_sizes, spec.model)
-        per = image_passes(spec, side)
+        per = image_passes(spec)
         n = len(spec.gray_levels)
         return Cost(n * per * side * side, n * per, _step_pixels(spec, side))
     if isinstance(spec, CompareSpec):
@@ -195,7 +192,7 @@ def _visualize(spec: VisualizeSpec, input_sizes: Mapping[str, int]) -> Cost:
     pixel_passes = passes = largest = 0
     for name in spec.models:
         side = spec.size or _side(input_sizes, name)
-        per = image_passes(spec, side) + 1  # + the top-5 of the final image
+        per = image_passes(spec) + 1  # + the top-5 of the final image
         pixel_passes += n * per * side * side
         passes += n * per
         largest = max(largest, _step_pixels(spec, side))
@@ -213,7 +210,7 @@ def _compare(spec: CompareSpec, input_sizes: Mapping[str, int]) -> Cost:
     pixel_passes = passes = largest = 0
     for name in spec.models:
         side = spec.size or _side(input_sizes, name)
-        per = image_passes(spec, side)
+        per = image_passes(spec)
         pixel_passes += n * per * side * side + n * judged
         passes += n * (per + len(spec.models))
         largest = max(largest, _step_pixels(spec, side))
@@ -231,12 +228,12 @@ def check_step(spec: BaseModel, input_sizes: Mapping[str, int]) -> str | None:
         names = [str(getattr(spec, "model", ""))]
     views = max(1, spec.augment.views)
     for name in names:
-        side = _view_side(spec, spec.size or _side(input_sizes, name))
+        side = spec.size or _side(input_sizes, name)
         if views * side * side > MAX_STEP_PIXELS:
             return (
                 f"views × size² must be at most {MAX_STEP_PIXELS} pixels per step, got "
-                f"{views} × {side}² = {views * side * side} ({name}'s input size or "
-                "augment.view_size); use fewer views or a smaller size"
+                f"{views} × {side}² = {views * side * side} ({name}'s input size); use fewer "
+                "views or a smaller size"
             )
     return None
 

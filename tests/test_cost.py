@@ -160,18 +160,14 @@ def test_every_kind_has_a_cost() -> None:
         assert 0 < cost.pixel_passes <= LIMIT
 
 
-def test_view_size_sets_the_step_pixels_and_counts_larger_views_more() -> None:
+def test_view_scale_sets_the_step_pixels_and_keeps_the_upper_bound() -> None:
     base = {"targets": [1], "method": "invariant+", "augment": {"views": 8}, "views": {"count": 1}}
     plain = VisualizeSpec.model_validate(base)
-    small = VisualizeSpec.model_validate({**base, "augment": {"views": 8, "view_size": 112}})
-    big = VisualizeSpec.model_validate({**base, "augment": {"views": 8, "view_size": 336}})
+    small = VisualizeSpec.model_validate({**base, "augment": {"views": 8, "view_scale": 0.5}})
     sizes = {"efficientnet_lite0": 224}
-    # smaller views: the same upper bound, a smaller step; larger ones: ceil((336/224)²) = 3 each
+    # smaller views: the same upper bound on the work, a smaller largest pass
     assert estimate("visualize", small, sizes).passes == estimate("visualize", plain, sizes).passes
     assert estimate("visualize", small, sizes).largest_pass_pixels == 8 * 112 * 112
-    assert estimate("visualize", big, sizes).passes > estimate("visualize", plain, sizes).passes
-    assert image_passes(big, 224) > image_passes(big, 336) == image_passes(plain, 224)
-    huge = VisualizeSpec.model_validate({**base, "augment": {"views": 20, "view_size": 224}})
-    assert check_step(huge, sizes) is None
-    with pytest.raises(ValidationError, match="view_size"):  # 32 × 512² pixels in one step
-        VisualizeSpec.model_validate({**base, "augment": {"views": 32, "view_size": 512}})
+    assert estimate("visualize", plain, sizes).largest_pass_pixels == 8 * 224 * 224
+    with pytest.raises(ValidationError):
+        VisualizeSpec.model_validate({**base, "augment": {"views": 8, "view_scale": 1.5}})

@@ -115,7 +115,7 @@ def test_apply_checks_its_inputs() -> None:
         A.apply(ramp(), [])
 
 
-def test_view_size_resamples_a_zoomed_view_at_the_image_pixel_scale() -> None:
+def test_view_scale_resamples_a_zoomed_view_at_the_image_pixel_scale() -> None:
     """An 8 px ramp seen on 4 px at zoom 2: exactly the center 4 × 4 pixels; an offset of 0.25
     (normalized) moves that crop one pixel right."""
     x = ramp()
@@ -123,21 +123,23 @@ def test_view_size_resamples_a_zoomed_view_at_the_image_pixel_scale() -> None:
         torch.zeros(1, dtype=torch.float64),
         torch.full((1,), 2.0, dtype=torch.float64),
         torch.zeros(1, 2, dtype=torch.long),
-        size=4,
+        view_scale=0.5,
     )
     out = A.apply(x, [center])
     assert out.shape == (1, 3, 4, 4)
     assert torch.allclose(out, x[:, :, 2:6, 2:6], atol=1e-4)
-    moved = A.Draw(center.angles, center.scales, center.shifts, torch.tensor([[0.25, 0.0]]), size=4)
+    moved = A.Draw(
+        center.angles, center.scales, center.shifts, torch.tensor([[0.25, 0.0]]), view_scale=0.5
+    )
     assert torch.allclose(A.apply(x, [moved]), x[:, :, 2:6, 3:7], atol=1e-4)
 
 
-def test_view_size_comes_from_the_settings_and_keeps_gradients() -> None:
+def test_view_scale_comes_from_the_settings_and_keeps_gradients() -> None:
     cfg = StepAugment(views=3, jitter=2, max_rotation=180.0, scale_min=1.5, scale_max=2.0,
-                      translate=1.0, view_size=32)  # fmt: skip
+                      translate=1.0, view_scale=0.5)  # fmt: skip
     x = (ramp(64) / 4).requires_grad_(True)
     d = A.draw(A.generator(5), cfg)
-    assert d.size == 32
+    assert d.view_scale == 0.5
     out = A.apply(x, [d])
     assert out.shape == (3, 3, 32, 32)
     out.sum().backward()

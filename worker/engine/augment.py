@@ -33,7 +33,7 @@ class Draw:
     offsets: torch.Tensor | None = None
     noise_seeds: torch.Tensor | None = None
     noise: float = 0.0
-    size: int | None = None
+    view_scale: float = 1.0
 
 
 def image_seed(seed: int, target: int, initial_gray: float) -> int:
@@ -72,7 +72,7 @@ def draw(gen: torch.Generator, cfg: StepAugment) -> Draw:
     seeds = None
     if cfg.noise > 0:
         seeds = torch.randint(0, 2**62, (v,), generator=gen)
-    return Draw(angles, scales, shifts, offsets, seeds, cfg.noise, cfg.view_size)
+    return Draw(angles, scales, shifts, offsets, seeds, cfg.noise, cfg.view_scale)
 
 
 def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -90,8 +90,8 @@ def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 def apply(x: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
     """Every image under its own views: x (N, 3, H, W), one ``Draw`` of V views per image ->
-    (N * V, 3, S, S), image-major, S the draws' ``size`` (default H); differentiable with respect
-    to ``x``.
+    (N * V, 3, S, S), image-major, S = round(H × the draws' ``view_scale``); differentiable with
+    respect to ``x``.
     """
     check_images(x)
     if len(draws) != x.shape[0]:
@@ -107,8 +107,8 @@ def apply(x: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
     jittered = torch.cat(out)
     angles = torch.cat([d.angles for d in draws])  # CPU: decided here, moved by warp
     scales = torch.cat([d.scales for d in draws])
-    size = draws[0].size
-    if draws[0].offsets is not None or (size is not None and size != x.shape[-1]):
+    size = round(int(x.shape[-1]) * draws[0].view_scale)
+    if draws[0].offsets is not None or size != x.shape[-1]:
         offsets = (
             torch.cat([d.offsets for d in draws if d.offsets is not None])
             if draws[0].offsets is not None

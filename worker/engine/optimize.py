@@ -395,7 +395,7 @@ def _views(d: A.Draw, a: int, k: int) -> A.Draw:
         None if d.offsets is None else d.offsets[a : a + k],
         None if d.noise_seeds is None else d.noise_seeds[a : a + k],
         d.noise,
-        d.size,
+        d.view_scale,
     )
 
 
@@ -468,8 +468,8 @@ def param_round(
     if plan is None:
         with torch.no_grad():
             size = int(param.render(data[:1]).shape[-1]) if b else 0
-        if augment is not None and augment.view_size is not None:
-            size = augment.view_size
+        if augment is not None:
+            size = round(size * augment.view_scale)
         plan = plan_passes(model, rt, size, len(running), nv, grad=True)
     split = plan.views < nv  # an image's views take several passes
     step, q_last, first = 0, 0.0, True
@@ -607,8 +607,9 @@ def visualize(
     final_aug = aug if (aug is not None and spec.augment.final_round) else None
 
     def step_plan(a: StepAugment | None) -> PassPlan:
-        side = a.view_size or size if a is not None else size
-        return plan_passes(model, rt, side, b, a.views if a is not None else 1, grad=True)
+        if a is None:
+            return plan_passes(model, rt, size, b, 1, grad=True)
+        return plan_passes(model, rt, round(size * a.view_scale), b, a.views, grad=True)
 
     loop_plan, final_plan = step_plan(aug), step_plan(final_aug)
     crit = spec.criterion
