@@ -74,6 +74,7 @@ OLD_PRESET: dict[str, Any] = {
     "schedule": [{"op": "rotate", "value": 90.0, "repeat": 3}],
     "optimizer": {"max_steps_per_round": 20},
     "tests": {"rotations": [], "scales": []},
+    "final_round": True,
     "param": {
         "kind": "fourier",
         "lr": 0.1,
@@ -93,6 +94,7 @@ OLD_PRESET: dict[str, Any] = {
         "final_round": False,
         "translate": 0.0,
         "noise": 0.0,
+        "view_scale": 1.0,
     },
 }
 """``invariant+`` as issue 6 left it (every field it set, so later preset changes leave it be)."""
@@ -214,7 +216,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--draws", default="tune,holdout", help=f"comma-separated, of {list(DRAWS)}")
+    ap.add_argument("--draws", default="tune,holdout,fresh", help=f"comma-separated, of {list(DRAWS)}")
     ap.add_argument("--methods", default="old,new", help="old, new and --variant names")
     ap.add_argument(
         "--variant", action="append", default=[], help="NAME=JSON: a request body over the preset"

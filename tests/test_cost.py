@@ -161,8 +161,8 @@ def test_every_kind_has_a_cost() -> None:
 
 
 def test_view_scale_sets_the_step_pixels_and_keeps_the_upper_bound() -> None:
-    base = {"targets": [1], "method": "invariant+", "augment": {"views": 8}, "views": {"count": 1}}
-    plain = VisualizeSpec.model_validate(base)
+    base = {"targets": [1], "method": "invariant+", "views": {"count": 1}}
+    plain = VisualizeSpec.model_validate({**base, "augment": {"views": 8, "view_scale": 1.0}})
     small = VisualizeSpec.model_validate({**base, "augment": {"views": 8, "view_scale": 0.5}})
     sizes = {"efficientnet_lite0": 224}
     # smaller views: the same upper bound on the work, a smaller largest pass

@@ -36,7 +36,7 @@ def test_preset_fills_what_the_request_leaves_out() -> None:
     spec = OptimizeSpec(method="invariant+")
     preset = PRESETS["invariant+"]
     assert spec.param.kind == "fourier"
-    assert spec.augment.enabled
+    assert spec.augment.enabled and spec.augment.view_scale < 1 and not spec.final_round
     assert spec.model_dump(include=set(preset)) == OptimizeSpec.model_validate(preset).model_dump(
         include=set(preset)
     )
@@ -62,7 +62,8 @@ def test_preset_raises_the_target_probability(tiny: LoadedModel) -> None:
     assert res.q_final > q0
     assert torch.equal(res.image, res.image.round())
     assert float(res.image.min()) >= 0 and float(res.image.max()) <= 255
-    assert len(res.trace) == len(small_plus().rounds()) + 1
+    assert len(res.trace) == len(small_plus().rounds())  # the preset has no final round
+    assert all(r.operation is not None for r in res.trace)
 
 
 def test_same_seed_same_bytes_other_seed_other_image(tiny: LoadedModel) -> None:

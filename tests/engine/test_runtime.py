@@ -94,7 +94,7 @@ def _views_spec(views: int) -> OptimizeSpec:
             "method": "invariant+",
             "schedule": [{"op": "rotate", "value": 90.0, "repeat": 1}],
             "optimizer": {"max_steps_per_round": 3},
-            "augment": {"views": views},
+            "augment": {"views": views, "view_scale": 1.0},  # views of the image's size
         }
     )
 
