@@ -216,7 +216,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--draws", default="tune,holdout,fresh", help=f"comma-separated, of {list(DRAWS)}")
+    ap.add_argument(
+        "--draws", default="tune,holdout,fresh", help=f"comma-separated, of {list(DRAWS)}"
+    )
     ap.add_argument("--methods", default="old,new", help="old, new and --variant names")
     ap.add_argument(
         "--variant", action="append", default=[], help="NAME=JSON: a request body over the preset"

@@ -150,7 +150,8 @@ class ImageParameterization(_Frozen):
         default=0.5,
         ge=0.01,
         le=127.0,
-        description="gray levels kept from 0 and 255 when an image is encoded (sigmoid)",
+        description="gray levels kept from 0 and 255 when the starting image is encoded "
+        "(sigmoid headroom; an image transformed between rounds is encoded as it is)",
     )
     contrast: float = Field(
         default=1.0,

@@ -81,6 +81,19 @@ def test_initial_gray_sets_the_start_within_the_margin() -> None:
     assert float(p.images().std(dim=(2, 3)).max()) < 1e-3  # still flat
 
 
+def test_the_margin_is_the_start_headroom_a_transformed_image_keeps_its_range() -> None:
+    """An image of 10s and 245s: encoded with the configured margin (64) it comes back squeezed
+    into 64..191; with ``KEEP_MARGIN`` (how rounds re-encode) it comes back as it was."""
+    cfg = ImageParameterization(kind="fourier", margin=64.0)
+    p = P.FourierParam(flat_gray([0], 16), cfg)
+    img = flat_gray([10], 16)
+    img[..., :8] = 245.0
+    squeezed = p.render(p.encode(img))
+    assert float(squeezed.min()) >= 63.9 and float(squeezed.max()) <= 191.1
+    kept = p.render(p.encode(img, margin=P.KEEP_MARGIN))
+    assert torch.allclose(kept, img, atol=1e-2)
+
+
 def test_fourier_render_is_deterministic_and_differentiable() -> None:
     x = smooth_image(16)
     a, b = P.FourierParam(x, FOURIER), P.FourierParam(x, FOURIER)

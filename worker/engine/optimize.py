@@ -648,7 +648,7 @@ def visualize(
         idx = in_loop.nonzero()[:, 0]
         with torch.no_grad():
             moved = T.apply(param.render(param.data[idx]), op)
-            param.data[idx] = param.encode(moved)
+            param.data[idx] = param.encode(moved, margin=P.KEEP_MARGIN)
             if sal is not None:  # the map follows the image (T.apply: 3 channels, 0..255)
                 top = sal[idx].amax(dim=(1, 2)).clamp(min=1e-30)[:, None, None]
                 m = (sal[idx] / top * 255.0)[:, None].expand(-1, 3, -1, -1)

@@ -46,6 +46,11 @@ SPECTRUM_GAIN = 4.0
 """Lucid's constant: the inverse FFT is divided by it (keeps initial saturation low)."""
 
 
+KEEP_MARGIN = 0.5
+"""The margin an image transformed between rounds is encoded with: as it is, up to the half gray
+level that the sigmoid cannot reach. (The configured ``margin`` is the start's headroom; applied
+after every round, it squeezed the picture into [margin, 255 - margin] again and again.)"""
+
 SPECTRUM_FILE = Path(__file__).with_name("data") / "natural_spectrum.npy"
 """The photographs' mean magnitude spectrum (3, 256, 129), decorrelated channels, float16."""
 
@@ -98,8 +103,9 @@ class PixelParam:
         """Parameters (N, ...) -> images (N, 3, H, W) in pixel space; differentiable."""
         return data
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (N, 3, H, W) in pixel space -> parameters that render to them."""
+    def encode(self, images: torch.Tensor, margin: float | None = None) -> torch.Tensor:
+        """Images (N, 3, H, W) in pixel space -> parameters that render to them (``margin``:
+        unused, the pixels are the parameters)."""
         return images.detach().float().clamp(0.0, 255.0)
 
     def images(self) -> torch.Tensor:
@@ -138,14 +144,15 @@ class FourierParam:
         rgb = torch.einsum("ij,njhw->nihw", self.color, c)  # (N, 3, H, W) logits
         return 255.0 * torch.sigmoid(rgb)
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, margin: float | None = None) -> torch.Tensor:
         """Images (N, 3, H, W) -> spectra that render to them.
 
         Exact except that values are first clamped to ``[margin, 255 - margin]`` (the sigmoid
-        never reaches 0 or 255).
+        never reaches 0 or 255); ``margin`` defaults to the configuration's (the start's
+        headroom).
         """
         check_images(images)
-        m = self.cfg.margin
+        m = self.cfg.margin if margin is None else margin
         p = images.detach().float().clamp(m, 255.0 - m) / 255.0
         rgb = torch.log(p) - torch.log1p(-p)  # logit
         c = torch.einsum("ij,njhw->nihw", self.color_inv, rgb) * SPECTRUM_GAIN
@@ -204,9 +211,10 @@ class MacoParam:
         rgb = torch.einsum("ij,njhw->nihw", self.color, c)
         return 255.0 * torch.sigmoid(rgb)
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, margin: float | None = None) -> torch.Tensor:
         """Images (N, 3, H, W) -> the phases of their decorrelated logits (the magnitude is
-        dropped: rendering gives the image's structure under the natural magnitude)."""
+        dropped: rendering gives the image's structure under the natural magnitude; ``margin``:
+        unused)."""
         check_images(images)
         p = images.detach().float().clamp(0.5, 254.5) / 255.0
         rgb = torch.log(p) - torch.log1p(-p)
@@ -241,6 +249,7 @@ def make_param(
 
 __all__ = [
     "COLOR_MATRIX",
+    "KEEP_MARGIN",
     "SPECTRUM_FILE",
     "FourierParam",
     "ImageParam",
