@@ -5,7 +5,8 @@ The service is the real thing, as in ``tests/integration``: the shared ``redis_s
 the tiny test model (``models_dir``), both from ``tests/integration/harness.py``, plus the API as
 a real ``uvicorn`` subprocess on a free loopback port (a browser needs a URL, so the in-process
 ``TestClient`` of the integration tests will not do). The API runs with ``TIVIS_API_KEYS`` set, so
-every test also exercises the page's key handling.
+every test also exercises the page's key handling, and with an admin key (``ADMIN_KEY``) and a
+model store of its own for the model registration form.
 
 Chromium is Debian's ``/usr/bin/chromium`` (or ``TIVIS_CHROMIUM``) driven by the ``playwright``
 package; nothing is downloaded. Without either, the tests are skipped with the reason, unless
@@ -33,6 +34,7 @@ from core.store import JobStore
 CHROMIUM = os.environ.get("TIVIS_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("TIVIS_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "browser"
 API_KEY = "browser-test-key"
+ADMIN_KEY = "browser-admin-key"  # TIVIS_ADMIN_KEYS: may register and delete models
 SLOW = float(os.environ.get("TIVIS_TEST_SLOWDOWN", "1"))
 CHROMIUM_ARGS = [
     "--headless",
@@ -122,6 +124,7 @@ def live(
     tmp = tmp_path_factory.mktemp("browser-svc")
     prefix = new_prefix("ui")
     env = service_env(redis_server.url, prefix, models_dir, TIVIS_API_KEYS=API_KEY,
+                      TIVIS_ADMIN_KEYS=ADMIN_KEY, TIVIS_MODEL_STORE_DIR=str(tmp / "model-store"),
                       TIVIS_ARTIFACTS_URL=str(tmp / "artifacts"))  # fmt: skip
     settings = Settings(redis_url=redis_server.url, key_prefix=prefix)
     store = JobStore(redis_server.client(), prefix, settings.ttl_seconds)

@@ -44,7 +44,9 @@ export class ApiError extends Error {
       if (Array.isArray(e.suggestions) && e.suggestions.length && !line.includes("closest")) {
         line += ` (did you mean ${e.suggestions.join(", ")}?)`;
       }
-      if (!out.includes(line) && !this.message.endsWith(e.message)) out.push(line);
+      if (out.includes(line)) continue;
+      if (!this.message.endsWith(e.message)) out.push(line);
+      else if (e.field && !out[0].includes(e.field)) out[0] += ` (${e.field})`; // said: name the field
     }
     if (this.status === 401) out.push("Set the API key with the key button at the top right.");
     if (this.status === 404 && this.problem.type && this.problem.type.endsWith("/not-found")) {

@@ -1,6 +1,7 @@
-// The four "new job" forms: visualize, entropy sweep, classify, screen.
+// The "new job" forms: visualize, entropy sweep, classify, screen, compare, atlas; and the
+// model registration form with the catalog of models.
 import * as api from "./api.js";
-import { h, $, $$, clear, errorBox, toast, copyText } from "./ui.js";
+import { h, $, $$, clear, errorBox, toast, copyText, progressBar, setProgress, statusBadge } from "./ui.js";
 
 // Defaults from specs.py / SPEC.md; the API echoes what a job really ran with.
 const DEFAULT_SCHEDULE = [{ op: "rotate", value: 10, repeat: 36 }];
@@ -13,6 +14,15 @@ export const UPLOAD_FIELDS = {
   images: "images",
   spec: "spec",
 };
+
+// The multipart contract of POST /models (app/modelupload.py): one file part "file" (its name's
+// extension gives the format) and one part "metadata" holding the JSON metadata (ModelMetadata).
+export const MODEL_FIELDS = {
+  images: "file",
+  spec: "metadata",
+};
+const MODEL_EXTENSIONS = [".safetensors", ".pt2", ".pth", ".pt"]; // longest match first
+const STATE_DICTS = new Set([".pth", ".safetensors"]);
 
 /** The multipart body: the files, then the spec as a JSON part. */
 function uploadForm(files, spec) {
@@ -32,6 +42,12 @@ export function catalog() {
     catalogPromise.catch(() => (catalogPromise = null));
   }
   return catalogPromise;
+}
+
+/** Forget the cached GET /models (after a registration or a removal). */
+export function refreshCatalog() {
+  catalogPromise = null;
+  return catalog();
 }
 
 /** The visualize methods the API accepts, read from its OpenAPI schema (e.g. "invariant+"). */
@@ -375,13 +391,13 @@ function advancedOptimizer() {
 
 /** The submit row: submit button, "copy as curl", the message area. ``build`` gives the JSON
  * body, or with ``multipart`` {files, spec} (the curl command then uploads the files by name). */
-function submitRow(label, path, build, { multipart = false } = {}) {
+function submitRow(label, path, build, { multipart = false, fields = UPLOAD_FIELDS } = {}) {
   const msg = h("div.form-message", { "aria-live": "polite" });
   const btn = h("button.primary", { type: "submit", text: label });
   const command = () => {
     if (!multipart) return api.curlFor("POST", path, build());
     const { files, spec } = build();
-    return api.curlForm(path, [...files].map((f) => f.name), spec, UPLOAD_FIELDS);
+    return api.curlForm(path, [...files].map((f) => f.name), spec, fields);
   };
   const curl = h("button.secondary", {
     type: "button",
@@ -400,14 +416,15 @@ function submitRow(label, path, build, { multipart = false } = {}) {
   return { el: h("div.submit-row", btn, curl, msg), msg, btn };
 }
 
-async function submitJob(row, path, send) {
+/** Send, then open the job's page (``pageOf``: another page, e.g. the atlas view). */
+async function submitJob(row, path, send, pageOf = (job) => `#/jobs/${job.id}`) {
   clear(row.msg);
   row.btn.disabled = true;
   row.btn.classList.add("busy");
   try {
     const job = await send();
     toast(`${job.kind || "job"} ${job.id.slice(0, 8)} queued`, "ok");
-    location.hash = `#/jobs/${job.id}`;
+    location.hash = pageOf(job);
   } catch (err) {
     row.msg.append(errorBox(err, "The API refused the job"));
   } finally {
@@ -776,10 +793,449 @@ function compareForm() {
   );
 }
 
+/** An atlas: every class of one model (or a list / ranges of them), in chunks over all workers;
+ * submitted, the page goes to the atlas view (#/atlas/<id>), which fills in as chunks finish. */
+function atlasForm() {
+  const models = modelPicker("atlas-model", { multiple: false });
+  const method = h("select", { name: "method" });
+  const methodHelp = h("small.hint");
+  methods().then((ms) => {
+    for (const m of ms) method.append(h("option", { value: m, selected: m === "invariant+" }, m));
+    methodHelp.textContent = METHOD_HELP[method.value] || "";
+  });
+  method.addEventListener("change", () => (methodHelp.textContent = METHOD_HELP[method.value] || ""));
+  const all = h("input", { type: "radio", name: "atlas-scope", value: "all", checked: true });
+  const some = h("input", { type: "radio", name: "atlas-scope", value: "some" });
+  const classes = h("input", {
+    type: "text",
+    name: "classes",
+    placeholder: "e.g. 0-99, 400, soccer ball",
+    autocomplete: "off",
+    spellcheck: false,
+    on: { input: () => (some.checked = true) },
+  });
+  const allLabel = h("span", "all classes");
+  const scope = h(
+    "div.atlas-scope",
+    h("label.chip-option", all, allLabel),
+    h("label.chip-option", some, h("span", "these:")),
+    classes,
+  );
+  const chunk = numberInput("chunk_size", 8, { min: 1, max: 64 });
+  const seed = numberInput("seed", 0, { min: 0 });
+  const steps = numberInput("max_steps_per_round", "", { min: 1, max: 5000, placeholder: "method's" });
+  const views = numberInput("views", "", { min: 1, max: 256, placeholder: "16" });
+  const gray = numberInput("initial_gray", "", { min: 0, max: 255, placeholder: "method's" });
+  models.onChange(async () => {
+    const name = models.values()[0];
+    const m = (await catalog().catch(() => [])).find((x) => x.name === name);
+    allLabel.textContent = m ? `all ${m.num_classes} classes` : "all classes";
+  });
+
+  const build = () => {
+    const body = { model: models.values()[0], method: method.value, chunk_size: Number(chunk.value || 8) };
+    // One string as POST /atlas takes it: indices, names and ranges, comma-separated.
+    if (some.checked) body.classes = classes.value.trim();
+    if (seed.value !== "") body.seed = Number(seed.value);
+    if (steps.value !== "") body.optimizer = { max_steps_per_round: Number(steps.value) };
+    if (views.value !== "") body.views = { count: Number(views.value) };
+    if (gray.value !== "") body.initial_gray = Number(gray.value);
+    return body;
+  };
+  const row = submitRow("Start atlas", "/atlas", build);
+  return h(
+    "form#form-atlas.job-form",
+    {
+      novalidate: true,
+      on: {
+        submit: (e) => {
+          e.preventDefault();
+          submitJob(row, "/atlas", () => api.post("/atlas", build()), (job) => `#/atlas/${job.id}`);
+        },
+      },
+    },
+    h("p.form-intro", "The picture of every class of a model, or of a list of classes, in chunks that all workers share; browse it while it runs."),
+    field("Model", models.el),
+    field("Classes", scope, "indices, names and inclusive ranges, comma-separated: 0-9, 400, soccer ball"),
+    h("div.grid-2", field("Method", method, methodHelp), field("Chunk size", chunk, "classes per chunk (1 to 64)")),
+    h(
+      "details.advanced",
+      h("summary", "Seed, steps and quality views"),
+      h(
+        "div.grid-2",
+        field("Seed", seed),
+        field("Max steps / round", steps),
+        field("Quality views", views, "random views each class is judged under"),
+        field("Initial gray", gray),
+      ),
+    ),
+    row.el,
+  );
+}
+
+// ---------------------------------------------------------------- models
+
+const NORMALIZATIONS = {
+  imagenet: { label: "ImageNet (torchvision)", mean: "123.675, 116.28, 103.53", std: "58.395, 57.12, 57.375" },
+  unit: { label: "0..1 inputs", mean: "0", std: "255" },
+  symmetric: { label: "-1..1 inputs", mean: "127.5", std: "127.5" },
+  custom: { label: "custom" },
+};
+
+function extensionOf(fileName) {
+  const lower = String(fileName || "").toLowerCase();
+  return MODEL_EXTENSIONS.find((e) => lower.endsWith(e)) || null;
+}
+
+/** "1, 2, 3" or "7" (every channel) as three numbers; throws a message naming the field. */
+function color(text, fieldName) {
+  const parts = String(text).split(/[\s,;]+/).filter(Boolean).map(Number);
+  if (parts.length === 1) parts.push(parts[0], parts[0]);
+  if (parts.length !== 3 || parts.some((x) => !Number.isFinite(x))) {
+    throw new api.ApiError(0, { title: `${fieldName}: give one number or three (R, G, B), in pixel units 0..255` });
+  }
+  return parts;
+}
+
+const shortSha = (sha) => (sha ? `${sha.slice(0, 12)}…` : "–");
+const ms = (s) => (typeof s === "number" ? `${(1000 * s).toFixed(1)} ms` : "–");
+const MODEL_STATES = { ready: "succeeded", pending: "running", failed: "failed" };
+
+/** A registered model's status (pending, ready, failed) coloured like a job's. */
+function modelBadge(status) {
+  return h(`span.badge.status-${MODEL_STATES[status] || "unknown"}`, { text: status || "unknown" });
+}
+
+/** GET /models as a table: registered models with their checksum, validation timing and a
+ * Remove button (DELETE /models/<name>, admin key). */
+function modelCatalog() {
+  const tbody = h("tbody");
+  const msg = h("div.list-message");
+  const el = h(
+    "section.model-catalog",
+    h(
+      "div.catalog-head",
+      h("h3", "Catalog"),
+      h("button.link-button#catalog-refresh", { type: "button", text: "refresh", on: { click: () => load() } }),
+    ),
+    msg,
+    h(
+      "div.table-wrap",
+      h(
+        "table.jobs-table.catalog-table#model-catalog",
+        h("thead", h("tr", ["Model", "Checksum", "Validation", ""].map((t) => h("th", t)))),
+        tbody,
+      ),
+    ),
+  );
+  let seq = 0;
+
+  async function remove(name, button) {
+    if (!window.confirm(`Remove ${name} (every version) from the catalog?`)) return;
+    button.disabled = true;
+    try {
+      const res = await api.request("DELETE", `/models/${encodeURIComponent(name)}`);
+      toast(`removed ${(res?.deleted || [name]).join(", ")}`, "ok");
+      await load();
+    } catch (err) {
+      clear(msg).append(errorBox(err, `Could not remove ${name}`));
+      button.disabled = false;
+    }
+  }
+
+  function row(m) {
+    const registered = !!m.version;
+    const validation = h("td.validation", registered ? "…" : h("span.muted", "built in"));
+    const tr = h(
+      "tr.model-row",
+      { dataset: { model: m.name, registered: registered ? "yes" : "no", status: registered ? "loading" : "ready" } },
+      h(
+        "td.model-name",
+        h("strong", m.name),
+        h("small.muted", [m.architecture || m.format, `${m.input_size} px`, `${m.num_classes} classes`].filter(Boolean).join(" · ")),
+      ),
+      h("td.sha", registered ? h("code", { title: m.sha256 }, shortSha(m.sha256)) : h("span.muted", "–")),
+      validation,
+      h(
+        "td.actions",
+        registered
+          ? h("button.danger.small.remove-model", { type: "button", text: "Remove", on: { click: (e) => remove(m.name, e.target) } })
+          : null,
+      ),
+    );
+    if (registered) {
+      // The registration view: status, version and the worker's timing of one step.
+      api.get(`/models/${encodeURIComponent(m.name)}`).then(
+        (info) => {
+          const v = info.validation || {};
+          tr.dataset.status = info.status;
+          clear(validation).append(
+            modelBadge(info.status),
+            h("span.step-time", { title: "one forward+backward step at validation" }, ` ${ms(v.step_seconds)}`),
+            h("small.muted", ` ${info.version || ""}${v.device ? ` · ${v.device}` : ""}`),
+          );
+        },
+        (err) => {
+          tr.dataset.status = "error";
+          clear(validation).append(h("span.error-text", err.message));
+        },
+      );
+    }
+    return tr;
+  }
+
+  async function load() {
+    const my = ++seq;
+    try {
+      const models = await refreshCatalog();
+      if (my !== seq) return;
+      clear(msg);
+      clear(tbody);
+      // A registered model is listed as "name" (its newest version) and as "name@v": one row.
+      const shown = models.filter((m) => !m.name.includes("@"));
+      for (const m of shown) tbody.append(row(m));
+      if (!shown.length) tbody.append(h("tr.empty", h("td", { colSpan: 4 }, "No models yet.")));
+      el.dataset.loaded = String(my);
+    } catch (err) {
+      if (my !== seq) return;
+      clear(msg).append(errorBox(err, "Could not load the models"));
+    }
+  }
+  load();
+  return { el, load };
+}
+
+/** Follow a registration: its validation job's status and progress (the job's event stream,
+ * polling when there is none), then the model's status: ready with its checksum and timing, or
+ * failed with the reason. ``panel.dataset.status`` says where it is (pending, ready, failed). */
+function followRegistration(panel, reg, onDone) {
+  const job = reg.job || {};
+  const badge = statusBadge(job.status || "queued");
+  badge.id = "registration-job-status";
+  const bar = progressBar(0, job.status || "queued");
+  const result = h("div.registration-result");
+  panel.dataset.status = "pending";
+  panel.dataset.version = reg.version;
+  clear(panel).append(
+    h(
+      "div.registration-head",
+      h("strong", `Validating ${reg.version}`),
+      badge,
+      job.id ? h("a.small", { href: `#/jobs/${job.id}` }, "validation job") : null,
+    ),
+    bar,
+    h("small.muted", `${reg.format} · ${(reg.size / 1024).toFixed(1)} KiB · sha256 ${shortSha(reg.sha256)}`),
+    result,
+  );
+  let status = job.status || "queued";
+  const show = (s, percent) => {
+    status = s || status;
+    badge.className = statusBadge(status).className;
+    badge.textContent = status;
+    setProgress(bar, percent ?? (status === "succeeded" ? 100 : 0), status);
+  };
+  const sleep = (t) => new Promise((r) => setTimeout(r, t));
+
+  async function settle() {
+    // The job ended (or its stream is unavailable): read the model until it is no longer pending.
+    for (let tries = 0; tries < 900; tries++) {
+      let info;
+      try {
+        info = await api.get(`/models/${encodeURIComponent(reg.version)}`);
+      } catch (err) {
+        clear(result).append(errorBox(err, "Could not read the model"));
+        panel.dataset.status = "error";
+        return;
+      }
+      if (info.status !== "pending") return finish(info);
+      await sleep(1000);
+    }
+    clear(result).append(h("div.alert.alert-warn", `${reg.version} is still pending: see its validation job.`));
+  }
+
+  function finish(info) {
+    panel.dataset.status = info.status;
+    if (info.status === "ready") {
+      const v = info.validation || {};
+      show("succeeded", 100);
+      clear(result).append(
+        h(
+          "dl.registration-figures",
+          h("dt", "version"), h("dd#registration-version", info.version),
+          h("dt", "sha256"), h("dd", h("code#registration-sha", info.sha256)),
+          h("dt", "validation step"), h("dd#registration-step", ms(v.step_seconds)),
+          h("dt", "outputs"), h("dd", String(v.outputs ?? "–")),
+          h("dt", "device"), h("dd", v.device || "–"),
+        ),
+        h("div.alert.alert-info", `${info.version} is ready: listed in the catalog below and usable by every form.`),
+      );
+      toast(`${info.version} is ready`, "ok");
+    } else {
+      const e = info.error || {};
+      show(status === "canceled" ? "canceled" : "failed");
+      clear(result).append(
+        h(
+          "div.alert.alert-error#registration-error",
+          { role: "alert" },
+          h("strong", `${info.version || reg.version} failed validation`),
+          h("div", `${e.type ? `${e.type}: ` : ""}${e.message || "no reason given"}`),
+        ),
+      );
+    }
+    onDone(info);
+  }
+
+  (async () => {
+    if (job.id) {
+      try {
+        await api.followEvents(`/jobs/${job.id}/events`, (event, data) => {
+          if (event === "status") show(data.status);
+          else if (event === "progress") show(null, data.percent);
+          else if (event === "end") show(data.status, data.status === "succeeded" ? 100 : data.progress?.percent);
+        });
+      } catch {
+        // no stream (a proxy, another key's job): the model's own status says the same
+      }
+    }
+    await settle();
+  })();
+}
+
+/** Register a model (POST /models, multipart: the file and its JSON metadata), follow its
+ * validation, and the catalog of models below. */
+function modelForm() {
+  const file = h("input", { type: "file", name: "file", accept: MODEL_EXTENSIONS.join(",") });
+  const FILE_HINT = ".pt2 (torch.export), .pt (TorchScript), .pth or .safetensors (a torchvision state dict)";
+  const fileHint = h("small.hint", FILE_HINT);
+  const name = h("input", { type: "text", name: "name", placeholder: "my_resnet", autocomplete: "off", spellcheck: false });
+  const architecture = h("input", { type: "text", name: "architecture", placeholder: "resnet18", autocomplete: "off", spellcheck: false });
+  const archField = field("Architecture", architecture, "the torchvision.models classification architecture of the state dict");
+  archField.hidden = true;
+  const inputSize = numberInput("input_size", 224, { min: 16, max: 1024 });
+  const resizeTo = numberInput("resize_to", "", { min: 16, max: 2048, placeholder: "none" });
+  const interpolation = h(
+    "select",
+    { name: "interpolation" },
+    h("option", { value: "bilinear" }, "bilinear"),
+    h("option", { value: "bicubic" }, "bicubic"),
+  );
+  const norm = h(
+    "select",
+    { name: "normalization" },
+    Object.entries(NORMALIZATIONS).map(([k, v]) => h("option", { value: k }, v.label)),
+  );
+  const mean = h("input", { type: "text", name: "mean", value: NORMALIZATIONS.imagenet.mean, autocomplete: "off" });
+  const std = h("input", { type: "text", name: "std", value: NORMALIZATIONS.imagenet.std, autocomplete: "off" });
+  norm.addEventListener("change", () => {
+    const n = NORMALIZATIONS[norm.value];
+    if (n.mean !== undefined) {
+      mean.value = n.mean;
+      std.value = n.std;
+    }
+  });
+  for (const input of [mean, std]) input.addEventListener("input", () => (norm.value = "custom"));
+  const labelsMode = h(
+    "select",
+    { name: "labels_mode" },
+    h("option", { value: "list" }, "a list, one per line"),
+    h("option", { value: "count" }, "a count (class 0, class 1, …)"),
+    h("option", { value: "imagenet" }, "ImageNet's 1,000"),
+  );
+  const labelsText = h("textarea", { name: "labels", rows: 5, placeholder: "one label per line, in output order", spellcheck: false });
+  const labelsCount = numberInput("labels_count", "", { min: 1, max: 100000, placeholder: "number of outputs" });
+  const syncLabels = () => {
+    labelsText.hidden = labelsMode.value !== "list";
+    labelsCount.hidden = labelsMode.value !== "count";
+  };
+  labelsMode.addEventListener("change", syncLabels);
+  syncLabels();
+  const description = h("input", { type: "text", name: "description", maxLength: 1000, placeholder: "optional" });
+
+  file.addEventListener("change", () => {
+    const f = file.files[0];
+    const ext = f ? extensionOf(f.name) : null;
+    archField.hidden = !STATE_DICTS.has(ext);
+    fileHint.textContent = f && !ext ? `${f.name}: not a .pt2, .pt, .pth or .safetensors file` : FILE_HINT;
+    fileHint.classList.toggle("error-text", !!(f && !ext));
+    if (f && !name.value.trim()) {
+      // a name from the file's: lower case, [a-z0-9_.-], a letter first
+      const stem = f.name.replace(/\.[^.]*$/, "").toLowerCase().replace(/[^a-z0-9_.-]+/g, "_").replace(/^[^a-z]+/, "");
+      name.value = stem.slice(0, 63);
+    }
+  });
+
+  const build = () => {
+    if (!file.files.length) throw new api.ApiError(0, { title: "Choose a model file" });
+    const f = file.files[0];
+    const meta = {
+      name: name.value.trim(),
+      input_size: Number(inputSize.value),
+      mean: color(mean.value, "mean"),
+      std: color(std.value, "std"),
+      interpolation: interpolation.value,
+    };
+    if (resizeTo.value !== "") meta.resize_to = Number(resizeTo.value);
+    if (labelsMode.value === "imagenet") meta.labels = "imagenet";
+    else if (labelsMode.value === "count") {
+      const n = Number(labelsCount.value);
+      if (!Number.isInteger(n) || n < 1) throw new api.ApiError(0, { title: "labels: give the number of outputs (1 or more)" });
+      meta.labels = Array.from({ length: n }, (_, i) => `class ${i}`);
+    } else {
+      meta.labels = labelsText.value.split("\n").map((s) => s.trim()).filter(Boolean);
+    }
+    if (STATE_DICTS.has(extensionOf(f.name)) || architecture.value.trim()) {
+      meta.architecture = architecture.value.trim() || null;
+    }
+    if (description.value.trim()) meta.description = description.value.trim();
+    return { files: [f], spec: meta };
+  };
+  const row = submitRow("Register model", "/models", build, { multipart: true, fields: MODEL_FIELDS });
+  const panel = h("div.registration#model-registration", { hidden: true });
+  const cat = modelCatalog();
+
+  async function send() {
+    clear(row.msg);
+    row.btn.disabled = true;
+    row.btn.classList.add("busy");
+    try {
+      const { files, spec } = build();
+      const fd = new FormData();
+      fd.append(MODEL_FIELDS.images, files[0], files[0].name);
+      fd.append(MODEL_FIELDS.spec, JSON.stringify(spec));
+      const reg = await api.request("POST", "/models", { form: fd });
+      toast(`${reg.version} uploaded; a worker validates it`, "ok");
+      panel.hidden = false;
+      followRegistration(panel, reg, () => cat.load());
+    } catch (err) {
+      row.msg.append(errorBox(err, "The API refused the model"));
+    } finally {
+      row.btn.disabled = false;
+      row.btn.classList.remove("busy");
+    }
+  }
+
+  const form = h(
+    "form#form-model.job-form",
+    { novalidate: true, on: { submit: (e) => (e.preventDefault(), send()) } },
+    h("p.form-intro", "Register your own classifier (admin key when keys are on): a worker loads and checks it, then every form can use it."),
+    field("Model file", file, fileHint),
+    h("div.grid-2", field("Name", name, "lower case: letters, digits, _ . -"), archField),
+    h("div.grid-3", field("Input size (px)", inputSize), field("Resize to (px)", resizeTo, "shorter side, then center crop"), field("Interpolation", interpolation)),
+    field("Normalization", norm, "input = (pixel − mean) / std, in pixel units 0..255"),
+    h("div.grid-2", field("Mean (R, G, B)", mean), field("Std (R, G, B)", std)),
+    h("div.field", { role: "group", "aria-label": "Labels" }, h("span.field-label", "Labels"), labelsMode, labelsText, labelsCount),
+    field("Description", description),
+    row.el,
+  );
+  return h("div.models-tab", form, panel, cat.el);
+}
+
 export const FORMS = [
   { id: "visualize", label: "Visualize", make: visualizeForm },
   { id: "sweep", label: "Sweep", make: sweepForm },
   { id: "classify", label: "Classify", make: classifyForm },
   { id: "screen", label: "Screen", make: screenForm },
   { id: "compare", label: "Compare", make: compareForm },
+  { id: "atlas", label: "Atlas", make: atlasForm },
+  { id: "models", label: "Models", make: modelForm },
 ];
