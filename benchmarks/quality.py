@@ -17,6 +17,7 @@ decoded again:
   ``judges`` do);
 - ``lite1_top5_views``: the share of the same 16 views of the resized picture in which the target
   is among lite1's top 5;
+- ``brightness``, ``rms_contrast``, ``colorfulness``: how the picture looks (``looks``);
 - ``seconds``: wall time of the visualization (model loaded and warmed up); ``steps`` and
   ``gradient_images`` (images sent through forward+backward: steps times views) measure the work
   whatever the load; ``bare_fwd_bwd``: the time of one bare forward+backward of lite0 on one
@@ -126,6 +127,21 @@ def bare_fwd_bwd(model: LoadedModel, reps: int = 3) -> float:
     return statistics.median(times)
 
 
+def looks(img: torch.Tensor) -> tuple[float, float, float]:
+    """How a picture (1, 3, H, W), 0..255, looks: mean brightness, RMS contrast (the standard
+    deviation of its gray levels) and colorfulness (Hasler & Süsstrunk 2003: from the
+    opponent channels rg = R - G and yb = (R + G) / 2 - B, sqrt(std_rg² + std_yb²) + 0.3 ·
+    sqrt(mean_rg² + mean_yb²); about 15 is "slightly", 60 "quite", 100+ "highly" colorful).
+    The "muted and grayish" of issue 12 in numbers; no library computes the colorfulness."""
+    r, g, b = img[0, 0].double(), img[0, 1].double(), img[0, 2].double()
+    gray = 0.299 * r + 0.587 * g + 0.114 * b
+    rg, yb = r - g, (r + g) / 2 - b
+    color = float(
+        torch.sqrt(rg.std() ** 2 + yb.std() ** 2) + 0.3 * torch.sqrt(rg.mean() ** 2 + yb.mean() ** 2)
+    )
+    return float(gray.mean()), float(gray.std()), color
+
+
 @torch.no_grad()
 def judge(
     model: LoadedModel, img: torch.Tensor, target: int, views: tuple[torch.Tensor, torch.Tensor]
@@ -162,6 +178,7 @@ def measure(
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     img = decode_image(encode_png(res.image))[None]  # what the user gets: the 8-bit PNG
     g_id, g_views, g_top5 = judge(gen, img, target, views)
+    brightness, contrast, colorfulness = looks(img)
     j_id, j_views, j_top5 = judge(jm, img, target, views)
     per_step = spec.augment.views if spec.augment.enabled else 1
     aug_steps = sum(r.steps for r in res.trace if r.operation is not None)
@@ -178,6 +195,9 @@ def measure(
         "lite0_identity": round(g_id, 4),
         "lite0_top5_views": round(g_top5, 4),
         "lite1_views": round(j_views, 4),
+        "brightness": round(brightness, 1),
+        "rms_contrast": round(contrast, 1),
+        "colorfulness": round(colorfulness, 1),
         "cpu_seconds": round(cpu, 2),
         "steps": res.total_steps,
         "steps_per_round": [r.steps for r in res.trace],
@@ -196,6 +216,9 @@ MEAN_KEYS = (
     "lite0_identity",
     "lite0_top5_views",
     "lite1_views",
+    "brightness",
+    "rms_contrast",
+    "colorfulness",
     "cpu_seconds",
     "steps",
     "gradient_images",

@@ -13,7 +13,8 @@ What is counted, per image at its side ``s`` (the spec's ``size``, else the mode
 - **optimization**: per round of the schedule ``max_steps_per_round`` steps (all rounds together
   at most ``max_total_steps``), plus one forward pass per round that finds the round done; the
   final round ``max_steps_per_round`` steps (``max_total_steps`` when there is no schedule). A
-  step sees ``augment.views`` random views (at least 1): forward and backward, ``3 · views · s²``.
+  step sees ``augment.views`` random views (at least 1): forward and backward, ``3 · views · s²``
+  (each view at ``augment.view_scale`` of the side: ``view_scale² · s²`` pixels).
 - **transformation tests**: after every round and once at the end, one forward pass per test
   view (``len(tests.rotations) + len(tests.scales)``); one more for the final probability.
 - **visualize** adds per image and model the top-5 (one pass) and the quality report of the
@@ -30,6 +31,7 @@ What is counted, per image at its side ``s`` (the spec's ``size``, else the mode
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -119,8 +121,8 @@ def _test_views(tests: TransformTests) -> int:
 def image_passes(spec: OptimizeSpec) -> int:
     """Forward-pass equivalents of optimizing one image (Algorithm 1), at most.
 
-    A step's view counts as one image, also when ``augment.view_scale`` makes it smaller (an
-    upper bound).
+    A step's random view sent at ``augment.view_scale`` of the image's side counts as
+    ``view_scale²`` of the image (its pixels).
 
     >>> image_passes(OptimizeSpec(method="vanilla", optimizer={"max_total_steps": 10},
     ...                           tests={"rotations": [], "scales": []}))
@@ -128,8 +130,9 @@ def image_passes(spec: OptimizeSpec) -> int:
     """
     cfg = spec.optimizer
     r = rounds(spec)
-    nv = max(1, spec.augment.views)
-    nv_final = nv if spec.augment.final_round else 1
+    aug = spec.augment
+    nv = aug.views * aug.view_scale**2 if aug.enabled else 1.0
+    nv_final = nv if aug.final_round else 1.0
     nt = _test_views(spec.tests)
     loop_steps = min(r * cfg.max_steps_per_round, cfg.max_total_steps)
     forward = (loop_steps + r) * nv + r * nt
@@ -139,7 +142,7 @@ def image_passes(spec: OptimizeSpec) -> int:
         forward += (final + 1) * nv_final
         backward += final * nv_final
     forward += nt + 1  # the final tests and the final probability
-    return forward + BACKWARD_PASSES * backward
+    return math.ceil(forward + BACKWARD_PASSES * backward)
 
 
 def _view_side(spec: OptimizeSpec, side: int) -> int:

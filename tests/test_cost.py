@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from core.settings import Settings
 from specs import MAX_STEP_PIXELS, OptimizeSpec, SweepSpec, VisualizeSpec
+from specs.atlas import AtlasSpec, class_count
 from specs.classify import ClassifySpec, ScreenSpec
 from specs.cost import biggest_factors, check_step, estimate, image_passes, rounds
 from specs.kinds import KINDS
@@ -165,9 +166,24 @@ def test_view_scale_sets_the_step_pixels_and_keeps_the_upper_bound() -> None:
     plain = VisualizeSpec.model_validate({**base, "augment": {"views": 8, "view_scale": 1.0}})
     small = VisualizeSpec.model_validate({**base, "augment": {"views": 8, "view_scale": 0.5}})
     sizes = {"efficientnet_lite0": 224}
-    # smaller views: the same upper bound on the work, a smaller largest pass
-    assert estimate("visualize", small, sizes).passes == estimate("visualize", plain, sizes).passes
+    # views at half the side: a quarter of their pixels, and a smaller largest pass
+    assert estimate("visualize", small, sizes).passes < estimate("visualize", plain, sizes).passes
     assert estimate("visualize", small, sizes).largest_pass_pixels == 8 * 112 * 112
     assert estimate("visualize", plain, sizes).largest_pass_pixels == 8 * 224 * 224
+    step = 3 * 90 * 8  # 3 rounds of 30 steps, 8 views: forward + 2 backward each
+    diff = image_passes(plain) - image_passes(small.model_copy(update={"views": plain.views}))
+    assert diff == (step + 3 * 8) * 3 // 4  # and the 3 round-end forward passes of 8 views
     with pytest.raises(ValidationError):
         VisualizeSpec.model_validate({**base, "augment": {"views": 8, "view_scale": 1.5}})
+
+
+@pytest.mark.parametrize("model,side", [("efficientnet_lite0", 224), ("efficientnet_lite1", 240)])
+def test_a_whole_imagenet_atlas_with_the_preset_fits_the_default_limit(
+    model: str, side: int
+) -> None:
+    """An atlas of all 1,000 classes (``invariant+``, the atlas default) is one job: it must not
+    be refused with the default limit."""
+    spec = AtlasSpec.model_validate({"model": model})
+    cost = estimate("atlas", spec, {model: side})
+    assert class_count(spec) == 1000 and spec.method == "invariant+"
+    assert cost.pixel_passes <= LIMIT, cost.pixel_passes / LIMIT

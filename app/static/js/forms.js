@@ -70,7 +70,7 @@ function methods() {
 const METHOD_HELP = {
   invariant: "the paper's Algorithm 1: optimize, rotate, repeat",
   vanilla: "one long optimize round, no transformations",
-  "invariant+": "preset: the paper's schedule plus Fourier colour and random jitter",
+  "invariant+": "preset: quarter-turn rounds, Fourier colour, four random crops per step",
 };
 
 // ---------------------------------------------------------------- components
