@@ -136,9 +136,8 @@ def looks(img: torch.Tensor) -> tuple[float, float, float]:
     r, g, b = img[0, 0].double(), img[0, 1].double(), img[0, 2].double()
     gray = 0.299 * r + 0.587 * g + 0.114 * b
     rg, yb = r - g, (r + g) / 2 - b
-    color = float(
-        torch.sqrt(rg.std() ** 2 + yb.std() ** 2) + 0.3 * torch.sqrt(rg.mean() ** 2 + yb.mean() ** 2)
-    )
+    spread = torch.sqrt(rg.std() ** 2 + yb.std() ** 2)
+    color = float(spread + 0.3 * torch.sqrt(rg.mean() ** 2 + yb.mean() ** 2))
     return float(gray.mean()), float(gray.std()), color
 
 

@@ -87,16 +87,16 @@ def test_batched_equals_one_by_one(tiny: LoadedModel) -> None:
 
 
 def test_rounds_keep_the_picture_range_beyond_the_start_margin(tiny: LoadedModel) -> None:
-    """The start margin (64) is headroom for the start only: a picture that an optimization
-    drove to the extremes keeps them through a round's quarter turn (it used to be squeezed
-    into 64..191 after every round)."""
+    """The start margin (the preset's 100) is headroom for the start only: a picture that an
+    optimization drove to the extremes keeps them through a round's quarter turn (it used to be
+    squeezed into [margin, 255 - margin] after every round)."""
     spec = small_plus(
         schedule=[{"op": "rotate", "value": 90.0, "repeat": 1}],
         param={"lr": 10.0},  # one huge step: extreme pixels at once
         optimizer={"max_steps_per_round": 1},
     )
     res = O.visualize(tiny, flat_gray([0], 32), torch.tensor([SOCCER]), spec)[0]
-    assert spec.param.margin == 64.0 and not spec.final_round
+    assert spec.param.margin == 100.0 and not spec.final_round
     assert float(res.image.min()) < 32 or float(res.image.max()) > 223
 
 
