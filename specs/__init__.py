@@ -221,8 +221,9 @@ class StepAugment(_Frozen):
 PRESETS: dict[str, dict[str, object]] = {
     # Chosen by measurement (benchmarks/quality.py, issue 12): efficientnet_lite0 generating at
     # 224 px, classes drawn at random (two draws of 12 while tuning, a third one to check),
-    # judged by efficientnet_lite1. Three quarter-turn rounds of 30 steps and no final round on
-    # the plain image (it sharpened the picture for the generating model alone). Every step sees
+    # judged by efficientnet_lite1. Three quarter-turn rounds of 30 steps, then the final round
+    # on the plain image (until q_C > 0.99 at identity, usually a few steps: it changed no judged
+    # figure beyond noise, and the picture's own q_C is then the paper's). Every step sees
     # four random views: any angle, jitter 8 px, zoom 0.9-1.5 about a point anywhere the zoom
     # allows (MACO-style crops), each resampled to 0.786 of the side (176 px of 224), so a view
     # keeps about the image's pixel scale (0.71-1.18) and costs about 0.62 of a full-size one.
@@ -238,7 +239,6 @@ PRESETS: dict[str, dict[str, object]] = {
         "schedule": [{"op": "rotate", "value": 90.0, "repeat": 3}],
         "optimizer": {"max_steps_per_round": 30},
         "tests": {"rotations": [], "scales": []},
-        "final_round": False,
         "param": {
             "kind": "fourier",
             "lr": 0.05,

@@ -36,7 +36,7 @@ def test_preset_fills_what_the_request_leaves_out() -> None:
     spec = OptimizeSpec(method="invariant+")
     preset = PRESETS["invariant+"]
     assert spec.param.kind == "fourier"
-    assert spec.augment.enabled and spec.augment.view_scale < 1 and not spec.final_round
+    assert spec.augment.enabled and spec.augment.view_scale < 1 and spec.final_round
     assert spec.model_dump(include=set(preset)) == OptimizeSpec.model_validate(preset).model_dump(
         include=set(preset)
     )
@@ -62,8 +62,8 @@ def test_preset_raises_the_target_probability(tiny: LoadedModel) -> None:
     assert res.q_final > q0
     assert torch.equal(res.image, res.image.round())
     assert float(res.image.min()) >= 0 and float(res.image.max()) <= 255
-    assert len(res.trace) == len(small_plus().rounds())  # the preset has no final round
-    assert all(r.operation is not None for r in res.trace)
+    assert len(res.trace) == len(small_plus().rounds()) + 1  # the rounds and the final one
+    assert res.trace[-1].operation is None
 
 
 def test_same_seed_same_bytes_other_seed_other_image(tiny: LoadedModel) -> None:
@@ -94,6 +94,7 @@ def test_rounds_keep_the_picture_range_beyond_the_start_margin(tiny: LoadedModel
         schedule=[{"op": "rotate", "value": 90.0, "repeat": 1}],
         param={"lr": 10.0},  # one huge step: extreme pixels at once
         optimizer={"max_steps_per_round": 1},
+        final_round=False,  # the picture as the round's quarter turn left it
     )
     res = O.visualize(tiny, flat_gray([0], 32), torch.tensor([SOCCER]), spec)[0]
     assert spec.param.margin == 100.0 and not spec.final_round
