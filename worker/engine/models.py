@@ -7,7 +7,7 @@ its class labels and its **zero**: the pixel-space color that becomes an all-zer
 (``$TORCH_HOME/hub/checkpoints``) or a configured weights directory, and custom models are
 TorchScript files with a JSON sidecar in a models directory, and registered models (``POST
 /models``) are versions in the model store (``<name>@<v>/`` with the file and its metadata;
-``core.modelstore`` writes it, :mod:`worker.engine.registered` reads it), loaded by format
+``core.modelstore`` writes it, :mod:`specs.modelstore` reads it), loaded by format
 (:mod:`worker.engine.formats`). A registered name resolves to its newest validated version;
 ``name@v`` names one version.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from worker.engine import registered
+from specs import modelstore
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -377,17 +377,17 @@ class Registry:
         """Validated registered versions (``name@v``) and their names (newest version)."""
         if self.store_dir is None:
             return []
-        ready = [v for v in registered.versions(self.store_dir) if v.ready]
+        ready = [v for v in modelstore.versions(self.store_dir) if v.ready]
         return sorted({v.name for v in ready}) + [v.ref for v in ready]
 
     def names(self) -> list[str]:
         """Every known model name: built-in, custom and registered (validated ones)."""
         return [*self._builtins, *self._custom_names(), *self._registered_names()]
 
-    def _version(self, name: str, *, pending: bool = False) -> registered.Version | None:
+    def _version(self, name: str, *, pending: bool = False) -> modelstore.Version | None:
         if self.store_dir is None or name in self._builtins:
             return None
-        return registered.resolve(self.store_dir, name, pending=pending)
+        return modelstore.resolve(self.store_dir, name, pending=pending)
 
     def info(self, name: str, *, pending: bool = False) -> ModelInfo:
         """The entry of ``name`` (no weights are read); ``pending`` also finds a registered
@@ -401,7 +401,7 @@ class Registry:
             return self._registered_info(version)
         raise ModelNotFound(name, self.names())
 
-    def _registered_info(self, version: registered.Version) -> ModelInfo:
+    def _registered_info(self, version: modelstore.Version) -> ModelInfo:
         try:
             reg = version.meta()
             meta = reg["metadata"]
