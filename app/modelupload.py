@@ -13,13 +13,13 @@ import hashlib
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from app.uploads import BodyRejected
+from app.uploads import BodyRejected, PartCallbacks
 
 FILE_FIELD = "file"
 METADATA_FIELD = "metadata"
@@ -38,56 +38,31 @@ class ModelBody:
     _chunks: list[bytes] = field(default_factory=list)
 
 
-class _Collector:
+class _Collector(PartCallbacks):
+    """Streams the file part to disk (hashed, within the limit) and collects the metadata."""
+
     def __init__(self, folder: Path, max_bytes: int) -> None:
+        super().__init__()
         self.folder = folder
         self.max_bytes = max_bytes
         self.body = ModelBody()
         self.part = ""
-        self.headers: dict[bytes, bytes] = {}
-        self.header_field = b""
         self.out: IO[bytes] | None = None
         self.hash = hashlib.sha256()
         self.meta_size = 0
 
-    def callbacks(self) -> dict[str, Any]:
-        return {
-            "on_part_begin": self.on_part_begin,
-            "on_header_field": self.on_header_field,
-            "on_header_value": self.on_header_value,
-            "on_header_end": self.on_header_end,
-            "on_headers_finished": self.on_headers_finished,
-            "on_part_data": self.on_part_data,
-            "on_part_end": self.on_part_end,
-        }
-
     def on_part_begin(self) -> None:
-        self.headers = {}
-        self.header_field = b""
+        super().on_part_begin()
         self.part = ""
 
-    def on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self.header_field += data[start:end]
-
-    def on_header_value(self, data: bytes, start: int, end: int) -> None:
-        key = self.header_field.lower()
-        self.headers[key] = self.headers.get(key, b"") + data[start:end]
-
-    def on_header_end(self) -> None:
-        self.header_field = b""
-
-    def on_headers_finished(self) -> None:
-        _, options = parse_options_header(self.headers.get(b"content-disposition", b""))
-        name = options.get(b"name", b"").decode("utf-8", "replace")
-        raw_filename = options.get(b"filename")
+    def part_started(self, name: str, filename: str | None) -> None:
         self.part = name
         if name == FILE_FIELD:
-            if raw_filename is None:
+            if filename is None:
                 raise BodyRejected(422, f"{FILE_FIELD!r} must be a file part", FILE_FIELD)
             if self.body.filename is not None:
                 raise BodyRejected(422, "give one model file, got two", FILE_FIELD)
-            filename = raw_filename.decode("utf-8", "replace").replace("\\", "/")
-            self.body.filename = posixpath.basename(filename) or "model"
+            self.body.filename = posixpath.basename(filename.replace("\\", "/")) or "model"
             self.body.path = self.folder / "upload"
             self.out = open(self.body.path, "wb")  # noqa: SIM115 (closed at the part's end)
         elif name == METADATA_FIELD:

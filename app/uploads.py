@@ -65,18 +65,14 @@ class _Part:
     size: int = 0
 
 
-class _Collector:
-    """Callbacks for :class:`MultipartParser` that enforce the limits as bytes arrive."""
+class PartCallbacks:
+    """Callbacks for python-multipart's push :class:`MultipartParser`: this base collects each
+    part's headers and hands its form field name and file name (``None``: not a file) to
+    ``part_started``; a subclass takes the part's bytes (``on_part_data``, ``on_part_end``)."""
 
-    def __init__(self, max_file_bytes: int, max_files: int) -> None:
-        self.max_file_bytes = max_file_bytes
-        self.max_files = max_files
-        self.body = Body()
-        self.part = _Part()
+    def __init__(self) -> None:
         self.header_field = b""
         self.headers: dict[bytes, bytes] = {}
-        self.files = 0
-        self.error: BodyRejected | None = None
 
     def callbacks(self) -> dict[str, Any]:
         return {
@@ -90,7 +86,6 @@ class _Collector:
         }
 
     def on_part_begin(self) -> None:
-        self.part = _Part()
         self.headers = {}
         self.header_field = b""
 
@@ -106,10 +101,40 @@ class _Collector:
 
     def on_headers_finished(self) -> None:
         _, options = parse_options_header(self.headers.get(b"content-disposition", b""))
-        name = options.get(b"name", b"").decode("utf-8", "replace")
         raw_filename = options.get(b"filename")
+        self.part_started(
+            options.get(b"name", b"").decode("utf-8", "replace"),
+            None if raw_filename is None else raw_filename.decode("utf-8", "replace"),
+        )
+
+    def part_started(self, name: str, filename: str | None) -> None:
+        raise NotImplementedError
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        raise NotImplementedError
+
+    def on_part_end(self) -> None:
+        raise NotImplementedError
+
+
+class _Collector(PartCallbacks):
+    """Collects the images and the spec, enforcing the limits as bytes arrive."""
+
+    def __init__(self, max_file_bytes: int, max_files: int) -> None:
+        super().__init__()
+        self.max_file_bytes = max_file_bytes
+        self.max_files = max_files
+        self.body = Body()
+        self.part = _Part()
+        self.files = 0
+
+    def on_part_begin(self) -> None:
+        super().on_part_begin()
+        self.part = _Part()
+
+    def part_started(self, name: str, filename: str | None) -> None:
         self.part.name = name
-        self.part.is_file = raw_filename is not None
+        self.part.is_file = filename is not None
         if name == FILES_FIELD:
             if not self.part.is_file:
                 raise BodyRejected(
@@ -118,7 +143,6 @@ class _Collector:
             self.files += 1
             if self.files > self.max_files:
                 raise BodyRejected(422, f"at most {self.max_files} images per request", FILES_FIELD)
-            filename = raw_filename.decode("utf-8", "replace") if raw_filename else None
             self.part.filename = upload_name(filename, self.files - 1)
             if self.part.filename in self.body.uploads:
                 raise BodyRejected(
