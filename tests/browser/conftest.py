@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from integration.harness import ROOT, Worker, free_port, new_prefix, service_env, wait_for
+from integration.harness import ROOT, Worker, api_process, new_prefix, service_env, wait_for
 
 from core.settings import Settings
 from core.store import JobStore
@@ -119,8 +118,6 @@ def live(
     """Redis + one Celery worker (tiny model) + the API over HTTP, with API keys on."""
     if _missing_browser():
         pytest.skip(f"browser tests skipped: {_missing_browser()}")
-    from app.commands import api_args
-
     tmp = tmp_path_factory.mktemp("browser-svc")
     prefix = new_prefix("ui")
     env = service_env(redis_server.url, prefix, models_dir, TIVIS_API_KEYS=API_KEY,
@@ -129,37 +126,14 @@ def live(
     settings = Settings(redis_url=redis_server.url, key_prefix=prefix)
     store = JobStore(redis_server.client(), prefix, settings.ttl_seconds)
     worker = Worker(env, tmp / "worker.log")
-    port = free_port()
-    api = subprocess.Popen(
-        [sys.executable, "-m", *api_args("127.0.0.1", port)],
-        cwd=ROOT,
-        env=env,
-        stdout=open(tmp / "api.log", "wb"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-
-        def api_up() -> bool:
-            if api.poll() is not None:
-                raise RuntimeError(f"API exited: {(tmp / 'api.log').read_text()}")
-            try:
-                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(api_up, 60 * SLOW, "the API to answer /healthz", 0.1)
-        worker.wait_ready(store.r, prefix, timeout=180 * SLOW)
-        svc = LiveService(url, store, prefix, worker, api, env, tmp)
-        yield svc
-        svc.http.close()
+        with api_process(env, tmp / "api.log", 60 * SLOW) as (url, api):
+            worker.wait_ready(store.r, prefix, timeout=180 * SLOW)
+            svc = LiveService(url, store, prefix, worker, api, env, tmp)
+            yield svc
+            svc.http.close()
     finally:
         worker.stop()
-        api.terminate()
-        try:
-            api.wait(15)
-        except subprocess.TimeoutExpired:
-            api.kill()
 
 
 @pytest.fixture(scope="session")

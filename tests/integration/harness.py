@@ -16,11 +16,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import redis
+
+from app.commands import api_args
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -119,6 +122,39 @@ def service_env(
         env["TIVIS_MODELS_DIR"] = str(models_dir)
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+@contextlib.contextmanager
+def api_process(
+    env: dict[str, str], log: Path, timeout: float = 60.0, interval: float = 0.1
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The API as the embedded run starts it, on a free port, its output in ``log``: yields its
+    URL and process once ``/healthz`` answers; terminated (killed after 15 s) at the end."""
+    port = free_port()
+    api = subprocess.Popen(
+        [sys.executable, "-m", *api_args("127.0.0.1", port)], cwd=ROOT, env=env,
+        stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def api_up() -> bool:
+            if api.poll() is not None:
+                raise RuntimeError(f"API exited: {log.read_text()}")
+            try:
+                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(api_up, timeout, "the API to answer /healthz", interval)
+        yield url, api
+    finally:
+        api.terminate()
+        try:
+            api.wait(15)
+        except subprocess.TimeoutExpired:
+            api.kill()
+            api.wait()
 
 
 def new_prefix(tag: str = "t") -> str:

@@ -19,6 +19,7 @@ import pytest
 from integration.harness import (
     ROOT,
     Worker,
+    api_process,
     free_port,
     new_prefix,
     run_async,
@@ -28,7 +29,6 @@ from integration.harness import (
 from integration.test_service import LONG, QUICK, SLOW
 from photos import photo
 
-from app.commands import api_args
 from core.settings import Settings
 from core.store import JobStore
 from specs import VisualizeSpec
@@ -63,32 +63,12 @@ def live(
     env = service_env(redis_server.url, prefix, models_dir, TIVIS_API_KEYS=KEY)
     store = JobStore(redis_server.client(), prefix, Settings().ttl_seconds)
     worker = Worker(env, tmp / "worker.log")
-    port = free_port()
-    api = subprocess.Popen(
-        [sys.executable, "-m", *api_args("127.0.0.1", port)], cwd=ROOT, env=env,
-        stdout=open(tmp / "api.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     try:
-
-        def api_up() -> bool:
-            if api.poll() is not None:
-                raise RuntimeError(f"API exited: {(tmp / 'api.log').read_text()}")
-            try:
-                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(api_up, 60 * SLOW, "the API", 0.1)
-        worker.wait_ready(store.r, prefix, timeout=180 * SLOW)
-        yield Live(url, store, env, tmp)
+        with api_process(env, tmp / "api.log", 60 * SLOW) as (url, _api):
+            worker.wait_ready(store.r, prefix, timeout=180 * SLOW)
+            yield Live(url, store, env, tmp)
     finally:
         worker.stop()
-        api.terminate()
-        try:
-            api.wait(15)
-        except subprocess.TimeoutExpired:
-            api.kill()
 
 
 def test_visualize_wait_with_progress_bar_result_and_download(live: Live, tmp_path: Path) -> None:

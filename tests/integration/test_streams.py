@@ -10,7 +10,6 @@ import contextlib
 import json
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-from integration.harness import ROOT, free_port, new_prefix, run_async, service_env, wait_for
+from integration.harness import api_process, new_prefix, run_async, service_env
 
-from app.commands import api_args
 from core.store import JobStore
 
 CATALOG = {"tiny": {"info": {"name": "tiny", "input_size": 64, "num_classes": 10},
@@ -40,37 +38,16 @@ def server(redis_server: Any, tmp_path: Path) -> Iterator[Server]:
     prefix = new_prefix("streams")
     store = JobStore(redis_server.client(), prefix, 3600)
     store.publish_catalog(CATALOG)
-    port = free_port()
     env = service_env(
         redis_server.url, prefix, None,
         TIVIS_MAX_EVENT_STREAMS=STREAMS, TIVIS_REDIS_MAX_CONNECTIONS=4,
         TIVIS_BODY_TIMEOUT_SECONDS=1, TIVIS_MAX_QUEUED_PER_KEY=0,
     )  # fmt: skip
     log = tmp_path / "api.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", *api_args("127.0.0.1", port)],
-        cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the API exited: {log.read_text()}")
-        try:
-            return httpx.get(url + "/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(up, 60, "the API to answer", interval=0.2)
     try:
-        yield Server(url, port, proc, log)
+        with api_process(env, log, 60, interval=0.2) as (url, proc):
+            yield Server(url, int(url.rsplit(":", 1)[1]), proc, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         keys = list(store.r.scan_iter(match=f"{prefix}:*"))
         if keys:
             store.r.delete(*keys)
