@@ -32,6 +32,14 @@ MAX_STEP_PIXELS = 2**20
 left out (``specs.cost.check_step``)."""
 
 
+def distinct_models(v: list[str]) -> list[str]:
+    """``v`` when no model is named twice (the ``models`` validator of the multi-model specs)."""
+    dup = sorted({m for m in v if v.count(m) > 1})
+    if dup:
+        raise ValueError(f"each model may appear once, got {', '.join(dup)} more than once")
+    return v
+
+
 class _Frozen(BaseModel):
     """Base of every spec: immutable, unknown fields refused, NaN and ±Infinity refused in
     every number."""

@@ -20,7 +20,7 @@ from typing import Annotated, Any, NamedTuple
 
 from pydantic import Field, field_validator, model_validator
 
-from specs import DEFAULT_MODEL, MAX_MODELS, JobSpec, _Frozen
+from specs import DEFAULT_MODEL, MAX_MODELS, JobSpec, _Frozen, distinct_models
 
 MAX_IMAGES = 16
 MAX_RECTANGLES = 16
@@ -117,10 +117,7 @@ class _DebugSpec(JobSpec):
     @field_validator("models")
     @classmethod
     def _distinct(cls, v: list[str]) -> list[str]:
-        dup = sorted({m for m in v if v.count(m) > 1})
-        if dup:
-            raise ValueError(f"each model may appear once, got {', '.join(dup)} more than once")
-        return v
+        return distinct_models(v)
 
 
 class ClassifySpec(_DebugSpec):

@@ -15,7 +15,15 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from specs import MAX_MODELS, MAX_TARGETS, OptimizeSpec, RandomViews, Target, _Frozen
+from specs import (
+    MAX_MODELS,
+    MAX_TARGETS,
+    OptimizeSpec,
+    RandomViews,
+    Target,
+    _Frozen,
+    distinct_models,
+)
 
 NAME_PATTERN = r"^[a-z][a-z0-9_.-]{0,62}$"
 """Model names: lower case letter first, then letters, digits, ``_ . -``; at most 63 characters
@@ -161,7 +169,4 @@ class CompareSpec(OptimizeSpec):
     @field_validator("models")
     @classmethod
     def _distinct(cls, v: list[str]) -> list[str]:
-        dup = sorted({m for m in v if v.count(m) > 1})
-        if dup:
-            raise ValueError(f"each model may appear once, got {', '.join(dup)} more than once")
-        return v
+        return distinct_models(v)
