@@ -153,3 +153,23 @@ def test_topk_sorted(tiny: LoadedModel) -> None:
     (top,) = O.topk(tiny, flat_gray([0], 32), 5)
     ps = [p for _, _, p in top]
     assert ps == sorted(ps, reverse=True) and len(top) == 5
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_adam_in_place_update_equals_the_masked_one(clip: bool) -> None:
+    # when every image steps, Adam updates in place in reused buffers: exactly the arithmetic of
+    # the masked path that copies (same bytes, not just close)
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.rand(3, 3, 8, 8, generator=g) * 255.0
+    grads = [torch.randn(3, 3, 8, 8, generator=g) * 10.0 for _ in range(4)]
+    cfg = OptimizerSettings(lr=30.0)
+    a, b = x0.clone(), x0.clone()
+    fast, slow = O._Adam(a, cfg, clip=clip), O._Adam(b, cfg, clip=clip)
+    everyone = torch.ones(3, dtype=torch.bool)
+    for grad in grads:
+        fast.step(a, slice(0, 3), grad)
+        slow.step(b, slice(0, 3), grad, everyone)
+        assert torch.equal(a, b)
+    assert torch.equal(fast.m, slow.m) and torch.equal(fast.v, slow.v)
+    assert not torch.equal(a, x0)
+    assert (float(a.min()) < 0.0 or float(a.max()) > 255.0) != clip  # lr 30: clipping bites

@@ -307,6 +307,8 @@ class _Adam:
         self.m = torch.zeros_like(x)
         self.v = torch.zeros_like(x)
         self.t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        self._num: torch.Tensor | None = None  # buffers of the in-place update (all images step)
+        self._den: torch.Tensor | None = None
 
     def step(
         self,
@@ -334,14 +336,20 @@ class _Adam:
         else:
             m = torch.mul(self.m[idx], c.beta1).add_(grad, alpha=1 - c.beta1)  # copies
             v = torch.mul(self.v[idx], c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
+        if full and go is None:  # the same arithmetic as below, in reused buffers
+            if self._num is None or self._den is None:
+                self._num, self._den = torch.empty_like(x), torch.empty_like(x)
+            den = torch.div(v, 1 - c.beta2**t, out=self._den).sqrt_().add_(1e-8)
+            step = torch.div(m, 1 - c.beta1**t, out=self._num).mul_(self.lr).div_(den)
+            x.add_(step)
+            if self.clip:
+                x.clamp_(0.0, 255.0)
+            return
         m_hat = m / (1 - c.beta1**t)
         v_hat = v / (1 - c.beta2**t)
         update = x[idx] + self.lr * m_hat / (v_hat.sqrt() + 1e-8)
         if self.clip:
             update.clamp_(0.0, 255.0)
-        if full and go is None:
-            x.copy_(update)
-            return
         if go is not None:
             keep = go.view(-1, *([1] * (x.ndim - 1)))
             m = torch.where(keep, m, self.m[idx])
@@ -526,7 +534,7 @@ def param_round(
             q_before[sel] = q
             first = False
         steps[sel] += go.long()
-        grads = torch.cat(grad_parts).to(data.dtype)
+        grads = (grad_parts[0] if len(grad_parts) == 1 else torch.cat(grad_parts)).to(data.dtype)
         if dev.type != "cpu":  # queue the masked update before the host waits
             adam.step(data, sel, grads, go)
         host = torch.stack([go.double(), q]).tolist()  # the one read of the device per step
