@@ -157,19 +157,31 @@ def test_topk_sorted(tiny: LoadedModel) -> None:
 
 @pytest.mark.parametrize("clip", [True, False])
 def test_adam_in_place_update_equals_the_masked_one(clip: bool) -> None:
-    # when every image steps, Adam updates in place in reused buffers: exactly the arithmetic of
-    # the masked path that copies (same bytes, not just close)
+    # images that all step are updated in place on views, in reused buffers: exactly the
+    # arithmetic of the masked path that copies (the same bytes, not just close), also when only
+    # a run of them steps (here images 1 and 2 of 3, then all three)
     g = torch.Generator().manual_seed(5)
     x0 = torch.rand(3, 3, 8, 8, generator=g) * 255.0
     grads = [torch.randn(3, 3, 8, 8, generator=g) * 10.0 for _ in range(4)]
     cfg = OptimizerSettings(lr=30.0)
     a, b = x0.clone(), x0.clone()
     fast, slow = O._Adam(a, cfg, clip=clip), O._Adam(b, cfg, clip=clip)
-    everyone = torch.ones(3, dtype=torch.bool)
-    for grad in grads:
-        fast.step(a, slice(0, 3), grad)
-        slow.step(b, slice(0, 3), grad, everyone)
+    for k, grad in enumerate(grads):
+        if k < 2:
+            fast.step(a, slice(1, 3), grad[1:])
+            slow.step(b, slice(0, 3), grad, torch.tensor([False, True, True]))
+        else:
+            fast.step(a, slice(0, 3), grad)
+            slow.step(b, slice(0, 3), grad, torch.ones(3, dtype=torch.bool))
         assert torch.equal(a, b)
     assert torch.equal(fast.m, slow.m) and torch.equal(fast.v, slow.v)
-    assert not torch.equal(a, x0)
+    assert torch.equal(fast.t, torch.tensor([2, 4, 4])) and torch.equal(fast.t, slow.t)
+    assert not torch.equal(a[0], x0[0])
     assert (float(a.min()) < 0.0 or float(a.max()) > 255.0) != clip  # lr 30: clipping bites
+
+
+def test_stepping_images_group_into_runs_of_consecutive_indices() -> None:
+    assert O._runs([0, 1, 2, 3], [True] * 4) == [(0, 0, 4)]
+    assert O._runs([0, 1, 2, 3], [True, False, True, True]) == [(0, 0, 1), (2, 2, 2)]
+    assert O._runs([1, 2, 5, 6, 7], [True, True, True, True, False]) == [(0, 1, 2), (2, 5, 2)]
+    assert O._runs([4], [False]) == []

@@ -307,7 +307,7 @@ class _Adam:
         self.m = torch.zeros_like(x)
         self.v = torch.zeros_like(x)
         self.t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        self._num: torch.Tensor | None = None  # buffers of the in-place update (all images step)
+        self._num: torch.Tensor | None = None  # buffers of the in-place update
         self._den: torch.Tensor | None = None
 
     def step(
@@ -320,31 +320,18 @@ class _Adam:
         """Ascend along ``grad`` for the images ``idx`` of ``x`` (in place), then clip.
 
         ``go`` (bool, one per image of ``idx``): only those step; the others keep their pixels
-        and state (a mask, so the host never waits for the device). None: all of them step.
+        and state (a mask, so the host never waits for the device). None: all of them step;
+        with ``idx`` a slice, the update is then made in place on views (no copies), with the
+        same arithmetic, so the same bytes.
         """
-        c = self.cfg
-        full = isinstance(idx, slice) and idx == slice(0, x.shape[0])
-        if go is None:
-            self.t[idx] += 1
-        else:
-            self.t[idx] += go.long()
-        t = self.t[idx].to(x.dtype).view(-1, *([1] * (x.ndim - 1)))  # (n, 1, ...)
-        if full and go is None:  # everyone steps: update the state in place, no copies
-            m, v = self.m, self.v
-            m.mul_(c.beta1).add_(grad, alpha=1 - c.beta1)
-            v.mul_(c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
-        else:
-            m = torch.mul(self.m[idx], c.beta1).add_(grad, alpha=1 - c.beta1)  # copies
-            v = torch.mul(self.v[idx], c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
-        if full and go is None:  # the same arithmetic as below, in reused buffers
-            if self._num is None or self._den is None:
-                self._num, self._den = torch.empty_like(x), torch.empty_like(x)
-            den = torch.div(v, 1 - c.beta2**t, out=self._den).sqrt_().add_(1e-8)
-            step = torch.div(m, 1 - c.beta1**t, out=self._num).mul_(self.lr).div_(den)
-            x.add_(step)
-            if self.clip:
-                x.clamp_(0.0, 255.0)
+        if isinstance(idx, slice) and go is None:
+            self._step_slice(x, idx, grad)
             return
+        c = self.cfg
+        self.t[idx] += 1 if go is None else go.long()
+        t = self.t[idx].to(x.dtype).view(-1, *([1] * (x.ndim - 1)))  # (n, 1, ...)
+        m = torch.mul(self.m[idx], c.beta1).add_(grad, alpha=1 - c.beta1)  # copies
+        v = torch.mul(self.v[idx], c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
         m_hat = m / (1 - c.beta1**t)
         v_hat = v / (1 - c.beta2**t)
         update = x[idx] + self.lr * m_hat / (v_hat.sqrt() + 1e-8)
@@ -357,6 +344,36 @@ class _Adam:
             update = torch.where(keep, update, x[idx])
         self.m[idx], self.v[idx] = m, v
         x[idx] = update
+
+    def _step_slice(self, x: torch.Tensor, idx: slice, grad: torch.Tensor) -> None:
+        """``step`` for the images ``idx`` (a slice), all stepping: in place, in reused buffers."""
+        c = self.cfg
+        if self._num is None or self._den is None:
+            self._num, self._den = torch.empty_like(x), torch.empty_like(x)
+        self.t[idx] += 1
+        t = self.t[idx].to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
+        m, v, xs = self.m[idx], self.v[idx], x[idx]  # views
+        m.mul_(c.beta1).add_(grad, alpha=1 - c.beta1)
+        v.mul_(c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
+        den = torch.div(v, 1 - c.beta2**t, out=self._den[idx]).sqrt_().add_(1e-8)
+        xs.add_(torch.div(m, 1 - c.beta1**t, out=self._num[idx]).mul_(self.lr).div_(den))
+        if self.clip:
+            xs.clamp_(0.0, 255.0)
+
+
+def _runs(images: list[int], go: list[bool]) -> list[tuple[int, int, int]]:
+    """The stepping images as runs of consecutive indices: (first row in ``images``, first
+    image, length) for every maximal run of ``images[k]`` with ``go[k]`` that are consecutive."""
+    out: list[tuple[int, int, int]] = []
+    for k, (i, g) in enumerate(zip(images, go, strict=True)):
+        if not g:
+            continue
+        if out and k > 0 and go[k - 1] and images[k - 1] == i - 1:
+            row, first, n = out[-1]
+            out[-1] = (row, first, n + 1)
+        else:
+            out.append((k, i, 1))
+    return out
 
 
 def optimize_round(
@@ -540,8 +557,9 @@ def param_round(
         host = torch.stack([go.double(), q]).tolist()  # the one read of the device per step
         go_host = [g > 0.5 for g in host[0]]
         if any(go_host):
-            if dev.type == "cpu":
-                adam.step(data, sel, grads, None if all(go_host) else go)
+            if dev.type == "cpu":  # in place on runs of stepping images: no gathers, no masks
+                for row, start, n in _runs(running, go_host):
+                    adam.step(data, slice(start, start + n), grads[row : row + n])
             step += 1
             q_last = min(qv for qv, g in zip(host[1], go_host, strict=True) if g)
             rt.check_deadline()
