@@ -7,7 +7,8 @@ The generating model is efficientnet_lite0 at 224 px; the judge is efficientnet_
 another model). Classes are drawn at random from all 1,000 ImageNet classes with fixed seeds
 (``DRAWS``): ``tune`` is the draw the preset was tuned on, ``holdout`` one it was checked on
 while tuning, ``fresh`` one drawn after the tuning (issue 12's second pass) and run only to check
-the final choice. For every
+the final choice, ``check`` one drawn after the fourth session's tuning pass and run only to
+check its choice. For every
 class and method, one visualization from black (one target at a time), then on the saved 8-bit PNG
 decoded again:
 
@@ -27,8 +28,9 @@ decoded again:
   (``REFERENCE_BARE`` is the bare forward+backward of ``benchmarks/results/engine-cpu2.json``).
 
 The methods: ``old`` is the ``invariant+`` preset before issue 12 (kept here as ``OLD_PRESET``),
-``new`` is ``OptimizeSpec(method="invariant+")`` as it is now; ``--variant`` adds others (a JSON
-request body merged over the preset), which is how the preset was tuned. One contact sheet per
+``prev`` the one its second pass chose (``PREV_PRESET``), ``new`` is
+``OptimizeSpec(method="invariant+")`` as it is now; ``--variant`` adds others (a JSON request
+body merged over the preset), which is how the preset was tuned. One contact sheet per
 draw (rows = methods, columns = classes) goes to ``--sheet-dir``. The machine, torch threads and
 the load average before every class are in the JSON: the development machine is shared.
 """
@@ -58,12 +60,13 @@ from worker.engine import transforms as T
 from worker.engine.images import decode_image, encode_png, flat_gray
 from worker.engine.models import LoadedModel, Registry
 
-DRAWS = {"tune": 12, "holdout": 1012, "fresh": 2026}
+DRAWS = {"tune": 12, "holdout": 1012, "fresh": 2026, "check": 3033}
 """Seeds of the class draws: ``sorted(random.Random(seed).sample(range(1000), 12))``."""
 DRAWN = {
     "tune": [11, 146, 275, 280, 358, 383, 390, 485, 494, 541, 673, 682],
     "holdout": [30, 148, 162, 213, 262, 346, 352, 413, 442, 620, 666, 870],
     "fresh": [105, 121, 228, 327, 514, 524, 662, 880, 905, 916, 974, 975],
+    "check": [76, 122, 351, 417, 446, 598, 679, 684, 698, 732, 801, 822],
 }
 """The classes those seeds give (checked at start), kept so the draw never changes silently."""
 CLASSES_PER_DRAW = 12
@@ -100,6 +103,36 @@ OLD_PRESET: dict[str, Any] = {
     },
 }
 """``invariant+`` as issue 6 left it (every field it set, so later preset changes leave it be)."""
+
+PREV_PRESET: dict[str, Any] = {
+    "method": "invariant+",
+    "schedule": [{"op": "rotate", "value": 90.0, "repeat": 3}],
+    "optimizer": {"max_steps_per_round": 30},
+    "tests": {"rotations": [], "scales": []},
+    "final_round": True,
+    "param": {
+        "kind": "fourier",
+        "lr": 0.05,
+        "margin": 100.0,
+        "decay": 1.0,
+        "decorrelate": True,
+        "contrast": 1.3,
+        "saturation": 1.5,
+    },
+    "augment": {
+        "views": 4,
+        "jitter": 8,
+        "max_rotation": 180.0,
+        "scale_min": 0.9,
+        "scale_max": 1.5,
+        "q_target": 0.999999,
+        "final_round": False,
+        "translate": 1.0,
+        "noise": 0.0,
+        "view_scale": 0.786,
+    },
+}
+"""``invariant+`` as issue 12's second pass left it (the third session), every field pinned."""
 
 
 def _load() -> list[float] | None:
@@ -249,7 +282,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
-        "--draws", default="tune,holdout,fresh", help=f"comma-separated, of {list(DRAWS)}"
+        "--draws", default="tune,holdout,fresh,check", help=f"comma-separated, of {list(DRAWS)}"
     )
     ap.add_argument("--methods", default="old,new", help="old, new and --variant names")
     ap.add_argument(
@@ -276,6 +309,7 @@ def main() -> None:
 
     specs: dict[str, OptimizeSpec] = {
         "old": OptimizeSpec.model_validate(OLD_PRESET),
+        "prev": OptimizeSpec.model_validate(PREV_PRESET),
         "new": OptimizeSpec(method="invariant+"),
     }
     for v in args.variant:
