@@ -368,7 +368,7 @@ def _runs(images: list[int], go: list[bool]) -> list[tuple[int, int, int]]:
     for k, (i, g) in enumerate(zip(images, go, strict=True)):
         if not g:
             continue
-        if out and k > 0 and go[k - 1] and images[k - 1] == i - 1:
+        if out and go[k - 1] and images[k - 1] == i - 1:  # out: k > 0
             row, first, n = out[-1]
             out[-1] = (row, first, n + 1)
         else:
