@@ -100,6 +100,15 @@ class OptimizerSettings(_Frozen):
     q_target: float = Field(default=0.99, gt=0.0, lt=1.0)
     max_steps_per_round: int = Field(default=100, ge=1, le=5000)
     max_total_steps: int = Field(default=3000, ge=1, le=100_000)
+    skip_gradient: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="skip gradients (SGM): the gradient through each residual branch of the model "
+        "is scaled by this factor (forward unchanged), so more flows through the skip connections; "
+        "1 = plain gradients. Models without residual blocks (VGG, Inception v3, exported "
+        "programs) are unaffected",
+    )
 
 
 class TransformTests(_Frozen):
@@ -245,7 +254,7 @@ PRESETS: dict[str, dict[str, object]] = {
     # parameterization and pixel noise. 40 steps per round: within noise, a third more time.
     "invariant+": {
         "schedule": [{"op": "rotate", "value": 90.0, "repeat": 3}],
-        "optimizer": {"max_steps_per_round": 30},
+        "optimizer": {"max_steps_per_round": 30, "skip_gradient": 0.5},
         "tests": {"rotations": [], "scales": []},
         "param": {
             "kind": "fourier",

@@ -17,6 +17,7 @@ import torch
 from specs import OptimizerSettings, OptimizeSpec, StepAugment
 from worker.engine import augment as A
 from worker.engine import param as P
+from worker.engine import skipgrad as SG
 from worker.engine import transforms as T
 from worker.engine.images import check_images, to_uint8
 from worker.engine.models import LoadedModel
@@ -498,74 +499,77 @@ def param_round(
         plan = plan_passes(model, rt, size, len(running), nv, grad=True)
     split = plan.views < nv  # an image's views take several passes
     step, q_last, first = 0, 0.0, True
-    while running:
-        q_parts, go_parts, grad_parts = [], [], []
-        chunks = [running[i : i + plan.images] for i in range(0, len(running), plan.images)]
-        passes = 0
-        for chunk in chunks:
-            sel = _index(chunk, b, dev)
-            tg_img = targets[sel]
-            sub = data[sel].detach().requires_grad_(True)
-            draws = [A.draw(gens[i], augment) for i in chunk] if augment is not None else []
-            q_sum = torch.zeros(len(chunk), dtype=torch.float64, device=dev)
-            grad: torch.Tensor | None = None
-            go_c: torch.Tensor | None = None
-            for a in range(0, nv, plan.views):
-                if passes > 0:
-                    rt.check_deadline()
-                    if on_pass is not None:
-                        on_pass(step, q_last)
-                passes += 1
-                k = min(plan.views, nv - a)
-                img = param.render(sub)  # (n, 3, H, W), pixel space
-                rendered = img
-                if augment is not None:
-                    img = A.apply(img, [_views(d, a, k) for d in draws])  # (n*k, 3, H, W)
-                logits = _forward(model, img, rt).float()
-                logp = logits.log_softmax(dim=1)
-                tg = tg_img.repeat_interleave(k)[:, None]
-                chosen = (logits if cfg.objective == "logit" else logp).gather(1, tg)[:, 0]
-                p = logp.gather(1, tg)[:, 0].exp().detach().double().view(-1, k)
-                if not split:  # all views in this pass: decide first, skip needless backward
-                    qc = p.mean(dim=1)
+    with SG.skip_gradients(model.net, cfg.skip_gradient):  # forward unchanged
+        while running:
+            q_parts, go_parts, grad_parts = [], [], []
+            chunks = [running[i : i + plan.images] for i in range(0, len(running), plan.images)]
+            passes = 0
+            for chunk in chunks:
+                sel = _index(chunk, b, dev)
+                tg_img = targets[sel]
+                sub = data[sel].detach().requires_grad_(True)
+                draws = [A.draw(gens[i], augment) for i in chunk] if augment is not None else []
+                q_sum = torch.zeros(len(chunk), dtype=torch.float64, device=dev)
+                grad: torch.Tensor | None = None
+                go_c: torch.Tensor | None = None
+                for a in range(0, nv, plan.views):
+                    if passes > 0:
+                        rt.check_deadline()
+                        if on_pass is not None:
+                            on_pass(step, q_last)
+                    passes += 1
+                    k = min(plan.views, nv - a)
+                    img = param.render(sub)  # (n, 3, H, W), pixel space
+                    rendered = img
+                    if augment is not None:
+                        img = A.apply(img, [_views(d, a, k) for d in draws])  # (n*k, 3, H, W)
+                    logits = _forward(model, img, rt).float()
+                    logp = logits.log_softmax(dim=1)
+                    tg = tg_img.repeat_interleave(k)[:, None]
+                    chosen = (logits if cfg.objective == "logit" else logp).gather(1, tg)[:, 0]
+                    p = logp.gather(1, tg)[:, 0].exp().detach().double().view(-1, k)
+                    if not split:  # all views in this pass: decide first, skip needless backward
+                        qc = p.mean(dim=1)
+                        go_c = ~((qc > q_target) | (steps[sel] >= max_steps[sel]))
+                        obj = chosen.view(-1, k).mean(dim=1)  # mean over views
+                        # CPU: no wait, skip the backward
+                        if dev.type == "cuda" or bool(go_c.any()):
+                            grad = _grad((obj * go_c).sum(), sub, rendered, saliency, sel)
+                        q_sum = qc
+                    else:  # a share of the views: their part of the mean, go decided after all
+                        obj = chosen.view(-1, k).sum(dim=1) / nv
+                        g = _grad(obj.sum(), sub, rendered, saliency, sel)
+                        grad = g if grad is None else grad + g
+                        q_sum = q_sum + p.sum(dim=1)
+                qc = q_sum if not split else q_sum / nv
+                if go_c is None or split:
                     go_c = ~((qc > q_target) | (steps[sel] >= max_steps[sel]))
-                    obj = chosen.view(-1, k).mean(dim=1)  # mean over views
-                    if dev.type == "cuda" or bool(go_c.any()):  # CPU: no wait, skip the backward
-                        grad = _grad((obj * go_c).sum(), sub, rendered, saliency, sel)
-                    q_sum = qc
-                else:  # a share of the views: their part of the mean, go decided after all
-                    obj = chosen.view(-1, k).sum(dim=1) / nv
-                    g = _grad(obj.sum(), sub, rendered, saliency, sel)
-                    grad = g if grad is None else grad + g
-                    q_sum = q_sum + p.sum(dim=1)
-            qc = q_sum if not split else q_sum / nv
-            if go_c is None or split:
-                go_c = ~((qc > q_target) | (steps[sel] >= max_steps[sel]))
-            q_parts.append(qc)
-            go_parts.append(go_c)
-            grad_parts.append(grad if grad is not None else torch.zeros_like(sub))
-        q, go = torch.cat(q_parts), torch.cat(go_parts)
-        sel = _index(running, b, dev)
-        q_after[sel] = q
-        if first:
-            q_before[sel] = q
-            first = False
-        steps[sel] += go.long()
-        grads = (grad_parts[0] if len(grad_parts) == 1 else torch.cat(grad_parts)).to(data.dtype)
-        if dev.type != "cpu":  # queue the masked update before the host waits
-            adam.step(data, sel, grads, go)
-        host = torch.stack([go.double(), q]).tolist()  # the one read of the device per step
-        go_host = [g > 0.5 for g in host[0]]
-        if any(go_host):
-            if dev.type == "cpu":  # in place on runs of stepping images: no gathers, no masks
-                for row, start, n in _runs(running, go_host):
-                    adam.step(data, slice(start, start + n), grads[row : row + n])
-            step += 1
-            q_last = min(qv for qv, g in zip(host[1], go_host, strict=True) if g)
-            rt.check_deadline()
-            if on_step is not None:
-                on_step(step, q_last)
-        running = [i for i, g in zip(running, go_host, strict=True) if g]
+                q_parts.append(qc)
+                go_parts.append(go_c)
+                grad_parts.append(grad if grad is not None else torch.zeros_like(sub))
+            q, go = torch.cat(q_parts), torch.cat(go_parts)
+            sel = _index(running, b, dev)
+            q_after[sel] = q
+            if first:
+                q_before[sel] = q
+                first = False
+            steps[sel] += go.long()
+            grads = grad_parts[0] if len(grad_parts) == 1 else torch.cat(grad_parts)
+            grads = grads.to(data.dtype)
+            if dev.type != "cpu":  # queue the masked update before the host waits
+                adam.step(data, sel, grads, go)
+            host = torch.stack([go.double(), q]).tolist()  # the one read of the device per step
+            go_host = [g > 0.5 for g in host[0]]
+            if any(go_host):
+                if dev.type == "cpu":  # in place on runs of stepping images: no gathers, no masks
+                    for row, start, n in _runs(running, go_host):
+                        adam.step(data, slice(start, start + n), grads[row : row + n])
+                step += 1
+                q_last = min(qv for qv, g in zip(host[1], go_host, strict=True) if g)
+                rt.check_deadline()
+                if on_step is not None:
+                    on_step(step, q_last)
+            running = [i for i, g in zip(running, go_host, strict=True) if g]
     return steps, q_before, q_after
 
 

@@ -350,6 +350,7 @@ function advancedOptimizer() {
     q_target: numberInput("q_target", 0.99, { min: 0, max: 1, step: "any" }),
     max_steps_per_round: numberInput("max_steps_per_round", 100, { min: 1, max: 5000 }),
     max_total_steps: numberInput("max_total_steps", 3000, { min: 1, max: 100000 }),
+    skip_gradient: numberInput("skip_gradient", "", { min: 0, max: 1, step: "any", placeholder: "method's" }),
     size: numberInput("size", "", { min: 32, max: 512, placeholder: "model's" }),
     criterion: h(
       "select",
@@ -367,6 +368,7 @@ function advancedOptimizer() {
     field("q target", f.q_target),
     field("Max steps / round", f.max_steps_per_round),
     field("Max total steps", f.max_total_steps),
+    field("Skip gradients (SGM γ)", f.skip_gradient, "residual branches' gradient × γ; 1 = plain"),
     field("Image size (px)", f.size),
     field("Early stop", f.criterion),
     field("Threshold", f.threshold),
@@ -381,6 +383,7 @@ function advancedOptimizer() {
         max_steps_per_round: Number(f.max_steps_per_round.value),
         max_total_steps: Number(f.max_total_steps.value),
       };
+      if (f.skip_gradient.value !== "") body.optimizer.skip_gradient = Number(f.skip_gradient.value);
       if (f.size.value) body.size = Number(f.size.value);
       if (f.criterion.value !== "off") {
         body.criterion = { kind: f.criterion.value, threshold: Number(f.threshold.value) };

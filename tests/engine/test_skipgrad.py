@@ -1,0 +1,127 @@
+"""Skip gradients (SGM): the forward pass is untouched, each residual branch's gradient is scaled
+by gamma, the model is left as it was, and the engine uses it deterministically."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from efficientnet_lite_pytorch import EfficientNet
+from pydantic import ValidationError
+from torch import nn
+
+from specs import OptimizerSettings, OptimizeSpec
+from worker.engine import optimize as O
+from worker.engine import skipgrad as SG
+from worker.engine.images import encode_png, flat_gray
+from worker.engine.models import LoadedModel, Registry
+
+
+def grad_of(net: nn.Module, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output of ``net`` at ``x`` and d (output · w) / d x."""
+    xr = x.detach().requires_grad_(True)
+    y = net(xr)
+    (g,) = torch.autograd.grad((y * w).sum(), xr)
+    return y.detach(), g
+
+
+@pytest.fixture(scope="module")
+def lite_net() -> nn.Module:
+    torch.manual_seed(0)  # random weights: only the structure matters here
+    return EfficientNet.from_name("efficientnet-lite0").eval()
+
+
+def test_finds_the_residual_branches_of_known_architectures(lite_net: nn.Module) -> None:
+    # lite0: the 9 MBConv blocks of stride 1 with as many outputs as inputs (the others add none)
+    assert len(SG.residual_branches(lite_net)) == 9
+    assert len(SG.residual_branches(torchvision.models.resnet18())) == 8  # BasicBlock.bn2
+    assert len(SG.residual_branches(torchvision.models.resnet50())) == 16  # Bottleneck.bn3
+    assert SG.residual_branches(torchvision.models.vgg11()) == []
+
+
+def test_one_block_gradient_is_skip_plus_gamma_times_branch(lite_net: nn.Module) -> None:
+    """y = x + f(x), so d(y·w)/dx = w + J_f^T w: with gamma, w + gamma J_f^T w. Exact up to
+    float rounding, and the forward bytes are the same."""
+    block = lite_net._blocks[2]  # 24 -> 24 channels, stride 1: adds its input
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 24, 14, 14, generator=gen)
+    w = torch.randn(2, 24, 14, 14, generator=gen)
+    y1, g1 = grad_of(block, x, w)
+    for gamma in (0.5, 0.2):
+        with SG.skip_gradients(block, gamma) as n:
+            assert n == 1
+            y, g = grad_of(block, x, w)
+        assert torch.equal(y, y1)
+        torch.testing.assert_close(g, w + gamma * (g1 - w), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(g, g1)
+
+
+def test_whole_models_same_forward_other_gradient_then_plain_again(lite_net: nn.Module) -> None:
+    torch.manual_seed(0)
+    resnet, vgg = torchvision.models.resnet18().eval(), torchvision.models.vgg11().eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    for net, branches in ((lite_net, 9), (resnet, 8), (vgg, 0)):
+        w = torch.randn(1, 1000, generator=torch.Generator().manual_seed(3))
+        y1, g1 = grad_of(net, x, w)
+        with SG.skip_gradients(net, 0.5) as n:
+            y, g = grad_of(net, x, w)
+        assert n == branches
+        assert torch.equal(y, y1)  # ResNet adds its skip in place: the copy keeps that working
+        assert torch.equal(g, g1) == (branches == 0)
+        _, again = grad_of(net, x, w)  # after the block: plain gradients, bit for bit
+        assert torch.equal(again, g1)
+
+
+def test_the_factor_is_reset_after_an_error(lite_net: nn.Module) -> None:
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    w = torch.ones(1, 1000)
+    _, plain = grad_of(lite_net, x, w)
+    with pytest.raises(RuntimeError, match="cancelled"), SG.skip_gradients(lite_net, 0.3):
+        raise RuntimeError("cancelled")
+    _, after = grad_of(lite_net, x, w)
+    assert torch.equal(after, plain)
+
+
+def test_gamma_is_validated() -> None:
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="gamma"), SG.skip_gradients(nn.Identity(), bad):
+            pass
+    for bad in (0.0, 1.01, float("nan"), float("inf")):
+        with pytest.raises(ValidationError, match="skip_gradient"):
+            OptimizerSettings(skip_gradient=bad)
+    assert OptimizerSettings().skip_gradient == 1.0  # the paper's method: plain gradients
+    assert OptimizeSpec().optimizer.skip_gradient == 1.0
+    assert OptimizeSpec(method="invariant+").optimizer.skip_gradient == 0.5
+
+
+@pytest.fixture(scope="module")
+def lite() -> LoadedModel:
+    return Registry().load("efficientnet_lite0")
+
+
+def short(gamma: float, seed: int = 0) -> OptimizeSpec:
+    """``invariant+`` cut short: 2 quarter turns of 3 steps, 2 views per step."""
+    return OptimizeSpec.model_validate(
+        {
+            "method": "invariant+",
+            "seed": seed,
+            "schedule": [{"op": "rotate", "value": 90.0, "repeat": 2}],
+            "optimizer": {"max_steps_per_round": 3, "skip_gradient": gamma},
+            "augment": {"views": 2},
+            "final_round": False,
+        }
+    )
+
+
+def test_engine_same_seed_same_bytes_and_batched_equals_one_by_one(lite: LoadedModel) -> None:
+    targets, x0 = torch.tensor([805, 1]), flat_gray([0, 0], 224)
+    batched = O.visualize(lite, x0, targets, short(0.5))
+    again = O.visualize(lite, x0[1:], targets[1:], short(0.5))[0]
+    plain = O.visualize(lite, x0[1:], targets[1:], short(1.0))[0]
+    assert encode_png(again.image) == encode_png(batched[1].image)
+    assert encode_png(plain.image) != encode_png(again.image)
+    assert again.q_final > float(O.target_probs(lite, x0[1:], targets[1:])[0])
+    # the cached model computes plain gradients again afterwards
+    assert encode_png(O.visualize(lite, x0[1:], targets[1:], short(1.0))[0].image) == encode_png(
+        plain.image
+    )

@@ -1,0 +1,111 @@
+"""Skip gradients (SGM, Wu et al. 2020, "Skip Connections Matter"): during the optimization, the
+gradient that flows back through each residual branch is scaled by ``gamma`` (0 < gamma <= 1), so
+more of it comes through the skip connections. The forward pass is unchanged, bit for bit.
+
+Adversarial examples made this way transfer better to other models; here the pictures of a class
+are recognized more often by a model that did not make them (measured in ``benchmarks/quality.py``:
+efficientnet_lite0 generating, efficientnet_lite1 judging). Models without residual blocks that
+this module knows (VGG, Inception v3, exported programs) are left as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward (a copy: a block may add its skip in place), gradient times ``gamma``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, gamma: float) -> torch.Tensor:
+        ctx.gamma = gamma
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.gamma, None
+
+
+def scale_grad(x: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``x`` unchanged; the gradient flowing back through the result is scaled by ``gamma``."""
+    out: torch.Tensor = _ScaleGrad.apply(x, gamma)
+    return out
+
+
+def _mbconv_with_skip(m: nn.Module) -> bool:
+    """An EfficientNet(-Lite) MBConv block (``efficientnet_lite_pytorch``) that adds its input."""
+    args = getattr(m, "_block_args", None)
+    return (
+        args is not None
+        and isinstance(getattr(m, "_bn2", None), nn.Module)
+        and bool(getattr(m, "id_skip", False))
+        and args.stride == 1  # the block's own test (a list stride never adds the skip)
+        and args.input_filters == args.output_filters
+    )
+
+
+def residual_branches(net: nn.Module) -> list[nn.Module]:
+    """The last module of every residual branch of ``net`` whose output is added to a skip path:
+    ``_bn2`` of EfficientNet(-Lite) blocks with a skip, ``bn2`` / ``bn3`` of torchvision's ResNet
+    ``BasicBlock`` / ``Bottleneck``. Empty for other architectures."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    out: list[nn.Module] = []
+    for m in net.modules():
+        if _mbconv_with_skip(m):
+            out.append(m._bn2)
+        elif isinstance(m, Bottleneck):
+            out.append(m.bn3)
+        elif isinstance(m, BasicBlock):
+            out.append(m.bn2)
+    return out
+
+
+class _State:
+    """The factor a model's branch hooks apply now (1: none). One per model, kept on it."""
+
+    def __init__(self, branches: int) -> None:
+        self.gamma = 1.0
+        self.branches = branches
+
+
+def _state(net: nn.Module) -> _State:
+    """The model's hooks, registered once (so a compiled model sees the same hooks every time;
+    a factor of 1 makes them return the output untouched)."""
+    state: _State | None = getattr(net, "_tivis_skip_gradients", None)
+    if state is None:
+        branches = residual_branches(net)
+        state = _State(len(branches))
+        st = state
+
+        def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> torch.Tensor | None:
+            return None if st.gamma >= 1.0 else scale_grad(out, st.gamma)
+
+        for b in branches:
+            b.register_forward_hook(hook)
+        net._tivis_skip_gradients = state  # type: ignore[assignment]
+    return state
+
+
+@contextmanager
+def skip_gradients(net: nn.Module, gamma: float) -> Iterator[int]:
+    """Within the block, backward passes through ``net`` scale every residual branch's gradient
+    by ``gamma``; yields how many branches that is. ``gamma == 1`` changes nothing (a model
+    never asked for less gets no hooks). On exit, also on errors, the factor is reset, so a
+    cached model computes plain gradients again."""
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    if gamma == 1.0:
+        yield 0
+        return
+    state = _state(net)
+    before, state.gamma = state.gamma, gamma
+    try:
+        yield state.branches
+    finally:
+        state.gamma = before
