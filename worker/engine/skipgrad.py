@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -58,7 +58,7 @@ def residual_branches(net: nn.Module) -> list[nn.Module]:
     out: list[nn.Module] = []
     for m in net.modules():
         if _mbconv_with_skip(m):
-            out.append(m._bn2)
+            out.append(cast(nn.Module, m._bn2))
         elif isinstance(m, Bottleneck):
             out.append(m.bn3)
         elif isinstance(m, BasicBlock):
