@@ -72,6 +72,21 @@ def test_whole_models_same_forward_other_gradient_then_plain_again(lite_net: nn.
         assert torch.equal(again, g1)
 
 
+def test_nets_it_cannot_look_into_are_left_as_they_are() -> None:
+    """A net that is no module (a test's counting wrapper) or an exported program (how registered
+    models come): no branches found, nothing set on it, the same gradient."""
+    block = torchvision.models.resnet.BasicBlock(4, 4).eval()  # a residual block, once exported
+    exported = torch.export.export(block, (torch.zeros(1, 4, 8, 8),)).module()
+    with SG.skip_gradients(lambda x: x, 0.5) as n:  # type: ignore[arg-type]
+        assert n == 0
+    x, w = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    _, plain = grad_of(exported, x, w)
+    with SG.skip_gradients(exported, 0.5) as n:
+        _, g = grad_of(exported, x, w)
+    assert n == 0 and torch.equal(g, plain)
+    assert not [k for k in vars(exported) if "tivis" in k]
+
+
 def test_the_factor_is_reset_after_an_error(lite_net: nn.Module) -> None:
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     w = torch.ones(1, 1000)

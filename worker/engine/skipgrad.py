@@ -10,6 +10,7 @@ this module knows (VGG, Inception v3, exported programs) are left as they are.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -67,17 +68,21 @@ def residual_branches(net: nn.Module) -> list[nn.Module]:
 
 
 class _State:
-    """The factor a model's branch hooks apply now (1: none). One per model, kept on it."""
+    """The factor a model's branch hooks apply now (1: none). One per model (``_STATES``)."""
 
     def __init__(self, branches: int) -> None:
         self.gamma = 1.0
         self.branches = branches
 
 
+_STATES: weakref.WeakKeyDictionary[nn.Module, _State] = weakref.WeakKeyDictionary()
+"""Each model's hooks, looked up by the model itself (nothing is set on it; gone with it)."""
+
+
 def _state(net: nn.Module) -> _State:
     """The model's hooks, registered once (so a compiled model sees the same hooks every time;
     a factor of 1 makes them return the output untouched)."""
-    state: _State | None = getattr(net, "_tivis_skip_gradients", None)
+    state = _STATES.get(net)
     if state is None:
         branches = residual_branches(net)
         state = _State(len(branches))
@@ -88,7 +93,7 @@ def _state(net: nn.Module) -> _State:
 
         for b in branches:
             b.register_forward_hook(hook)
-        net._tivis_skip_gradients = state  # type: ignore[assignment]
+        _STATES[net] = state
     return state
 
 
@@ -100,7 +105,7 @@ def skip_gradients(net: nn.Module, gamma: float) -> Iterator[int]:
     cached model computes plain gradients again."""
     if not 0.0 < gamma <= 1.0:
         raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-    if gamma == 1.0:
+    if gamma == 1.0 or not isinstance(net, nn.Module):  # e.g. a plain function: nothing to hook
         yield 0
         return
     state = _state(net)
