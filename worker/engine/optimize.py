@@ -16,6 +16,7 @@ import torch
 
 from specs import OptimizerSettings, OptimizeSpec, StepAugment
 from worker.engine import augment as A
+from worker.engine import bnprior as BP
 from worker.engine import param as P
 from worker.engine import skipgrad as SG
 from worker.engine import transforms as T
@@ -499,7 +500,10 @@ def param_round(
         plan = plan_passes(model, rt, size, len(running), nv, grad=True)
     split = plan.views < nv  # an image's views take several passes
     step, q_last, first = 0, 0.0, True
-    with SG.skip_gradients(model.net, cfg.skip_gradient):  # forward unchanged
+    with (
+        SG.skip_gradients(model.net, cfg.skip_gradient),  # forward unchanged
+        BP.collect(model.net, cfg.bn_prior > 0) as prior,  # from the same forward passes
+    ):
         while running:
             q_parts, go_parts, grad_parts = [], [], []
             chunks = [running[i : i + plan.images] for i in range(0, len(running), plan.images)]
@@ -527,6 +531,8 @@ def param_round(
                     logp = logits.log_softmax(dim=1)
                     tg = tg_img.repeat_interleave(k)[:, None]
                     chosen = (logits if cfg.objective == "logit" else logp).gather(1, tg)[:, 0]
+                    if prior.layers:  # each view's BatchNorm distance, from this forward pass
+                        chosen = chosen - cfg.bn_prior * prior.take(chosen.shape[0], dev)
                     p = logp.gather(1, tg)[:, 0].exp().detach().double().view(-1, k)
                     if not split:  # all views in this pass: decide first, skip needless backward
                         qc = p.mean(dim=1)

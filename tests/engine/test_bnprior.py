@@ -1,0 +1,153 @@
+"""The BatchNorm prior (DeepInversion): the distance is exactly the stated formula per view,
+it is collected from the forward pass without changing it, only inside the block and with
+gradients, and the engine uses it deterministically, batched equal to one by one."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchvision
+from efficientnet_lite_pytorch import EfficientNet
+from pydantic import ValidationError
+from torch import nn
+
+from specs import OptimizerSettings, OptimizeSpec
+from worker.engine import bnprior as BP
+from worker.engine import optimize as O
+from worker.engine.images import encode_png, flat_gray
+from worker.engine.models import LoadedModel, Registry
+
+
+def test_finds_the_batchnorm_layers() -> None:
+    torch.manual_seed(0)
+    assert len(BP.bn_layers(EfficientNet.from_name("efficientnet-lite0"))) == 49
+    assert len(BP.bn_layers(torchvision.models.resnet18())) == 20
+    assert BP.bn_layers(torchvision.models.vgg11()) == []
+
+
+def test_layer_distance_exact_on_a_hand_made_map() -> None:
+    # one view, two channels of 2 x 2: channel 0 = 1, 3, 5, 7 (mean 4, variance 5);
+    # channel 1 = 2, 2, 2, 2 (mean 2, variance 0)
+    x = torch.tensor([[[[1.0, 3.0], [5.0, 7.0]], [[2.0, 2.0], [2.0, 2.0]]]])
+    mean, var = torch.tensor([1.0, 6.0]), torch.tensor([1.0, 3.0])
+    d = BP.layer_distance(x, mean, var)
+    # ‖(4 - 1, 2 - 6)‖ + ‖(5 - 1, 0 - 3)‖ = 5 + 5
+    assert d.tolist() == [10.0]
+    # per view: a batch of two gives each view's own distance
+    both = BP.layer_distance(torch.cat([x, x.flip(1)]), mean, var)
+    alone = BP.layer_distance(x.flip(1), mean, var)
+    assert both[0] == d[0] and both[1] == alone[0]
+    assert math.isclose(float(alone[0]), math.hypot(1, 2) + math.hypot(1, 2), rel_tol=1e-6)
+
+
+def test_large_maps_take_every_fourth_position() -> None:
+    # one channel of 32 x 32 = 1,024 positions holding 0, 1, ..., 1023 in row-major order:
+    # positions 0, 4, ..., 1020 give mean 510 and variance 16 * (256² - 1) / 12 = 87,380
+    x = torch.arange(1024, dtype=torch.float32).view(1, 1, 32, 32)
+    zero = torch.zeros(1)
+    torch.testing.assert_close(BP.layer_distance(x, zero, zero), torch.tensor([510.0 + 87_380.0]))
+    # a map of 1,023 positions uses all of them: 0..1022, mean 511, variance (1023² - 1) / 12
+    y = torch.arange(1023, dtype=torch.float32).view(1, 1, 31, 33)
+    torch.testing.assert_close(
+        BP.layer_distance(y, zero, zero), torch.tensor([511.0 + (1023**2 - 1) / 12])
+    )
+
+
+def small_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    bn = net[1]
+    assert isinstance(bn, nn.BatchNorm2d)
+    bn.running_mean.uniform_(-1, 1)  # type: ignore[union-attr]
+    bn.running_var.uniform_(0.5, 2)  # type: ignore[union-attr]
+    return net.eval()
+
+
+def test_collects_from_the_forward_pass_only_inside_the_block_and_with_gradients() -> None:
+    net = small_net()
+    bn = net[1]
+    assert isinstance(bn, nn.BatchNorm2d)
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    plain = net(x)
+    with BP.collect(net, True) as col:
+        assert col.layers == 1
+        y = net(x)
+        d = col.take(3, x.device)
+        assert torch.equal(y, plain)  # the forward is unchanged
+        assert bn.running_mean is not None and bn.running_var is not None
+        expect = BP.layer_distance(net[0](x), bn.running_mean, bn.running_var)
+        assert torch.equal(d, expect) and d.requires_grad
+        with torch.no_grad():  # evaluation passes add nothing
+            net(x)
+        assert torch.equal(col.take(3, x.device), torch.zeros(3))
+        net(x[:2])
+        with pytest.raises(RuntimeError, match="2 views collected, expected 3"):
+            col.take(3, x.device)
+    net(x)  # outside the block: nothing is collected
+    with BP.collect(net, True) as col:
+        assert torch.equal(col.take(3, x.device), torch.zeros(3))
+    with BP.collect(net, False) as off:  # off: no layers, zeros
+        net(x)
+        assert off.layers == 0 and torch.equal(off.take(3, x.device), torch.zeros(3))
+
+
+def test_inactive_after_an_error_and_untouched_nets_it_cannot_look_into() -> None:
+    net = small_net()
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(RuntimeError, match="cancelled"), BP.collect(net, True):
+        net(x)
+        raise RuntimeError("cancelled")
+    net(x)
+    with BP.collect(net, True) as col:
+        assert torch.equal(col.take(1, x.device), torch.zeros(1))  # nothing left from before
+    with BP.collect(lambda t: t, True) as col:  # type: ignore[arg-type]
+        assert col.layers == 0
+
+
+def test_spec_validation() -> None:
+    for bad in (-0.1, 1.5, float("nan"), float("inf")):
+        with pytest.raises(ValidationError, match="bn_prior"):
+            OptimizerSettings(bn_prior=bad)
+    assert OptimizerSettings().bn_prior == 0.0  # the paper's method: no prior
+
+
+@pytest.fixture(scope="module")
+def lite() -> LoadedModel:
+    return Registry().load("efficientnet_lite0")
+
+
+def short(weight: float, steps: int = 3) -> OptimizeSpec:
+    """``invariant+`` cut short: 2 quarter turns, 2 views per step."""
+    return OptimizeSpec.model_validate(
+        {
+            "method": "invariant+",
+            "schedule": [{"op": "rotate", "value": 90.0, "repeat": 2}],
+            "optimizer": {"max_steps_per_round": steps, "bn_prior": weight},
+            "augment": {"views": 2},
+            "final_round": False,
+        }
+    )
+
+
+def distance(model: LoadedModel, img: torch.Tensor) -> float:
+    """The BatchNorm distance of a picture (pixel space) at identity."""
+    x = img.detach().requires_grad_(True)  # the hooks collect only with gradients
+    with BP.collect(model.net, True) as col:
+        model(x)
+        return float(col.take(1, x.device)[0].detach())
+
+
+def test_engine_deterministic_batched_equals_one_by_one_and_pulls_toward_the_statistics(
+    lite: LoadedModel,
+) -> None:
+    targets, x0 = torch.tensor([805, 1]), flat_gray([0, 0], 224)
+    batched = O.visualize(lite, x0, targets, short(0.01))
+    again = O.visualize(lite, x0[1:], targets[1:], short(0.01))[0]
+    assert encode_png(again.image) == encode_png(batched[1].image)
+    plain = O.visualize(lite, x0[1:], targets[1:], short(0.0))[0]
+    assert encode_png(plain.image) != encode_png(again.image)
+    assert again.q_final > float(O.target_probs(lite, x0[1:], targets[1:])[0])
+    # the prior pulls the features toward the model's statistics
+    assert distance(lite, again.image[None].float()) < distance(lite, plain.image[None].float())
