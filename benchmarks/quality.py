@@ -29,7 +29,8 @@ decoded again:
   (``REFERENCE_BARE`` is the bare forward+backward of ``benchmarks/results/engine-cpu2.json``).
 
 The methods: ``old`` is the ``invariant+`` preset before issue 12 (kept here as ``OLD_PRESET``),
-``prev`` the one its second pass chose (``PREV_PRESET``), ``new`` is
+``prev`` the one its second pass chose (``PREV_PRESET``), ``sgm`` the fifth session's (the same
+with skip gradients, ``SGM_PRESET``), ``new`` is
 ``OptimizeSpec(method="invariant+")`` as it is now; ``--variant`` adds others (a JSON request
 body merged over the preset), which is how the preset was tuned. One contact sheet per
 draw (rows = methods, columns = classes) goes to ``--sheet-dir``. The machine, torch threads and
@@ -91,7 +92,7 @@ TARGETS = {"lite0_views": 0.9, "lite1_identity": 0.9, "lite1_top5_views": 0.9, "
 OLD_PRESET: dict[str, Any] = {
     "method": "invariant+",
     "schedule": [{"op": "rotate", "value": 90.0, "repeat": 3}],
-    "optimizer": {"max_steps_per_round": 20, "skip_gradient": 1.0},
+    "optimizer": {"max_steps_per_round": 20, "skip_gradient": 1.0, "bn_prior": 0.0},
     "tests": {"rotations": [], "scales": []},
     "final_round": True,
     "param": {
@@ -121,7 +122,7 @@ OLD_PRESET: dict[str, Any] = {
 PREV_PRESET: dict[str, Any] = {
     "method": "invariant+",
     "schedule": [{"op": "rotate", "value": 90.0, "repeat": 3}],
-    "optimizer": {"max_steps_per_round": 30, "skip_gradient": 1.0},
+    "optimizer": {"max_steps_per_round": 30, "skip_gradient": 1.0, "bn_prior": 0.0},
     "tests": {"rotations": [], "scales": []},
     "final_round": True,
     "param": {
@@ -147,6 +148,12 @@ PREV_PRESET: dict[str, Any] = {
     },
 }
 """``invariant+`` as issue 12's second pass left it (the third session), every field pinned."""
+
+SGM_PRESET: dict[str, Any] = {
+    **PREV_PRESET,
+    "optimizer": {**PREV_PRESET["optimizer"], "skip_gradient": 0.5},
+}
+"""``invariant+`` as the fifth session left it: ``PREV_PRESET`` with skip gradients of 0.5."""
 
 
 def _load() -> list[float] | None:
@@ -322,6 +329,7 @@ def main() -> None:
     specs: dict[str, OptimizeSpec] = {
         "old": OptimizeSpec.model_validate(OLD_PRESET),
         "prev": OptimizeSpec.model_validate(PREV_PRESET),
+        "sgm": OptimizeSpec.model_validate(SGM_PRESET),
         "new": OptimizeSpec(method="invariant+"),
     }
     for v in args.variant:
