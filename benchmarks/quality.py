@@ -92,7 +92,12 @@ TARGETS = {"lite0_views": 0.9, "lite1_identity": 0.9, "lite1_top5_views": 0.9, "
 OLD_PRESET: dict[str, Any] = {
     "method": "invariant+",
     "schedule": [{"op": "rotate", "value": 90.0, "repeat": 3}],
-    "optimizer": {"max_steps_per_round": 20, "skip_gradient": 1.0, "bn_prior": 0.0},
+    "optimizer": {
+        "max_steps_per_round": 20,
+        "skip_gradient": 1.0,
+        "bn_prior": 0.0,
+        "stochastic_depth": 0.0,
+    },
     "tests": {"rotations": [], "scales": []},
     "final_round": True,
     "param": {
@@ -122,7 +127,12 @@ OLD_PRESET: dict[str, Any] = {
 PREV_PRESET: dict[str, Any] = {
     "method": "invariant+",
     "schedule": [{"op": "rotate", "value": 90.0, "repeat": 3}],
-    "optimizer": {"max_steps_per_round": 30, "skip_gradient": 1.0, "bn_prior": 0.0},
+    "optimizer": {
+        "max_steps_per_round": 30,
+        "skip_gradient": 1.0,
+        "bn_prior": 0.0,
+        "stochastic_depth": 0.0,
+    },
     "tests": {"rotations": [], "scales": []},
     "final_round": True,
     "param": {

@@ -3,6 +3,8 @@ by gamma, the model is left as it was, and the engine uses it deterministically.
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import torch
 import torchvision
@@ -140,3 +142,76 @@ def test_engine_same_seed_same_bytes_and_batched_equals_one_by_one(lite: LoadedM
     assert encode_png(O.visualize(lite, x0[1:], targets[1:], short(1.0))[0].image) == encode_png(
         plain.image
     )
+
+
+# stochastic depth: the same hooks drop branches per sample
+
+
+def test_draw_keep_is_seeded_and_keeps_with_probability_one_minus_p() -> None:
+    a = SG.draw_keep(torch.Generator().manual_seed(5), 4, 9, 0.2)
+    b = SG.draw_keep(torch.Generator().manual_seed(5), 4, 9, 0.2)
+    assert a.shape == (9, 4) and torch.equal(a, b)
+    assert bool(((a == 0) | (a == 1)).all())
+    assert bool(SG.draw_keep(torch.Generator().manual_seed(5), 4, 9, 0.0).all())
+    many = SG.draw_keep(torch.Generator().manual_seed(6), 1000, 10, 0.2)
+    assert 0.78 < float(many.mean()) < 0.82  # 10,000 draws of a 0.8 coin, seeded
+
+
+def test_a_dropped_branch_leaves_the_skip_path_alone(lite_net: nn.Module) -> None:
+    """y = x + f(x): dropped, y = x and d(y·w)/dx = w (also with skip gradients); kept, the
+    plain block. Per sample, only in passes with gradients, and all kept again after."""
+    blocks = cast(nn.ModuleList, lite_net._blocks)
+    block = blocks[2]  # 24 -> 24 channels, stride 1: adds its input
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 24, 14, 14, generator=gen)
+    w = torch.randn(2, 24, 14, 14, generator=gen)
+    y1, g1 = grad_of(block, x, w)
+    for gamma in (1.0, 0.5):
+        with SG.skip_gradients(block, gamma), SG.stochastic_depth(block, 0.2) as sd:
+            assert sd is not None and sd.branches == 1
+            sd.keep = torch.tensor([[0.0, 1.0]])  # sample 0 drops the branch, sample 1 keeps it
+            y, g = grad_of(block, x, w)
+            assert torch.equal(y[0], x[0]) and torch.equal(y[1], y1[1])
+            assert torch.equal(g[0], w[0])
+            torch.testing.assert_close(g[1], w[1] + gamma * (g1[1] - w[1]), rtol=1e-5, atol=1e-6)
+            with torch.no_grad():  # evaluation passes see the whole model
+                assert torch.equal(block(x), y1)
+        y_after, g_after = grad_of(block, x, w)
+        assert torch.equal(y_after, y1) and torch.equal(g_after, g1)
+    with pytest.raises(RuntimeError, match="cancelled"), SG.stochastic_depth(block, 0.2) as sd:
+        assert sd is not None
+        sd.keep = torch.tensor([[0.0, 0.0]])
+        raise RuntimeError("cancelled")
+    assert torch.equal(grad_of(block, x, w)[0], y1)  # kept again after an error
+
+
+def test_stochastic_depth_off_or_nothing_to_drop() -> None:
+    with SG.stochastic_depth(torchvision.models.vgg11(), 0.2) as sd:
+        assert sd is None
+    with SG.stochastic_depth(nn.Identity(), 0.0) as sd:
+        assert sd is None
+    for bad in (-0.1, 1.0):
+        with (
+            pytest.raises(ValueError, match="drop probability"),
+            SG.stochastic_depth(nn.Identity(), bad),
+        ):
+            pass
+    for bad_spec in (-0.1, 1.0, float("nan"), float("inf")):
+        with pytest.raises(ValidationError, match="stochastic_depth"):
+            OptimizerSettings(stochastic_depth=bad_spec)
+    assert OptimizerSettings().stochastic_depth == 0.0
+
+
+def test_engine_stochastic_depth_same_bytes_batched_equals_one_by_one(lite: LoadedModel) -> None:
+    def spec(p: float) -> OptimizeSpec:
+        body = short(0.5).model_dump()
+        body["optimizer"]["stochastic_depth"] = p
+        return OptimizeSpec.model_validate(body)
+
+    targets, x0 = torch.tensor([805, 1]), flat_gray([0, 0], 224)
+    batched = O.visualize(lite, x0, targets, spec(0.3))
+    again = O.visualize(lite, x0[1:], targets[1:], spec(0.3))[0]
+    assert encode_png(again.image) == encode_png(batched[1].image)
+    whole = O.visualize(lite, x0[1:], targets[1:], spec(0.0))[0]
+    assert encode_png(whole.image) != encode_png(again.image)
+    assert again.q_final > float(O.target_probs(lite, x0[1:], targets[1:])[0])

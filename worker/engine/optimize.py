@@ -502,6 +502,7 @@ def param_round(
     step, q_last, first = 0, 0.0, True
     with (
         SG.skip_gradients(model.net, cfg.skip_gradient),  # forward unchanged
+        SG.stochastic_depth(model.net, cfg.stochastic_depth if augment else 0.0) as sd,
         BP.collect(model.net, cfg.bn_prior > 0) as prior,  # from the same forward passes
     ):
         while running:
@@ -513,6 +514,10 @@ def param_round(
                 tg_img = targets[sel]
                 sub = data[sel].detach().requires_grad_(True)
                 draws = [A.draw(gens[i], augment) for i in chunk] if augment is not None else []
+                keeps = []  # (branches, views) per image: its branches dropped this step
+                if sd is not None:
+                    p_drop = cfg.stochastic_depth
+                    keeps = [SG.draw_keep(gens[i], nv, sd.branches, p_drop) for i in chunk]
                 q_sum = torch.zeros(len(chunk), dtype=torch.float64, device=dev)
                 grad: torch.Tensor | None = None
                 go_c: torch.Tensor | None = None
@@ -527,7 +532,11 @@ def param_round(
                     rendered = img
                     if augment is not None:
                         img = A.apply(img, [_views(d, a, k) for d in draws])  # (n*k, 3, H, W)
+                    if sd is not None:  # image-major, as A.apply orders the views
+                        sd.keep = torch.cat([kp[:, a : a + k] for kp in keeps], dim=1).to(dev)
                     logits = _forward(model, img, rt).float()
+                    if sd is not None:
+                        sd.keep = None
                     logp = logits.log_softmax(dim=1)
                     tg = tg_img.repeat_interleave(k)[:, None]
                     chosen = (logits if cfg.objective == "logit" else logp).gather(1, tg)[:, 0]

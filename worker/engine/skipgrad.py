@@ -6,6 +6,10 @@ Adversarial examples made this way transfer better to other models; here the pic
 are recognized more often by a model that did not make them (measured in ``benchmarks/quality.py``:
 efficientnet_lite0 generating, efficientnet_lite1 judging). Models without residual blocks that
 this module knows (VGG, Inception v3, exported programs) are left as they are.
+
+The same hooks also drop branches at random (``stochastic_depth``, Huang et al. 2016): for a
+forward pass with gradients, a 0/1 factor per branch and sample, drawn from each image's own
+generator (``draw_keep``), so a step optimizes the picture for many thinner models at once.
 """
 
 from __future__ import annotations
@@ -68,11 +72,13 @@ def residual_branches(net: nn.Module) -> list[nn.Module]:
 
 
 class _State:
-    """The factor a model's branch hooks apply now (1: none). One per model (``_STATES``)."""
+    """What a model's branch hooks apply now: the gradient factor (1: none) and, for the next
+    forward pass, which branches each sample keeps (None: all). One per model (``_STATES``)."""
 
     def __init__(self, branches: int) -> None:
         self.gamma = 1.0
         self.branches = branches
+        self.keep: torch.Tensor | None = None  # (branches, N) 0/1 for the next forward pass
 
 
 _STATES: weakref.WeakKeyDictionary[nn.Module, _State] = weakref.WeakKeyDictionary()
@@ -88,11 +94,19 @@ def _state(net: nn.Module) -> _State:
         state = _State(len(branches))
         st = state
 
-        def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> torch.Tensor | None:
-            return None if st.gamma >= 1.0 else scale_grad(out, st.gamma)
+        def make_hook(j: int) -> Any:
+            def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> torch.Tensor | None:
+                res = None
+                if st.keep is not None and torch.is_grad_enabled():
+                    res = out * st.keep[j].to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
+                if st.gamma < 1.0:
+                    res = scale_grad(out if res is None else res, st.gamma)
+                return res
 
-        for b in branches:
-            b.register_forward_hook(hook)
+            return hook
+
+        for j, b in enumerate(branches):
+            b.register_forward_hook(make_hook(j))
         _STATES[net] = state
     return state
 
@@ -114,3 +128,32 @@ def skip_gradients(net: nn.Module, gamma: float) -> Iterator[int]:
         yield state.branches
     finally:
         state.gamma = before
+
+
+@contextmanager
+def stochastic_depth(net: nn.Module, p: float) -> Iterator[_State | None]:
+    """Within the block, ``drop`` the residual branches of ``net`` at random (stochastic depth,
+    Huang et al. 2016): yields the model's branch state, whose ``keep`` (branches, N), set before
+    a forward pass with gradients, says which branches each of its N samples keeps (a dropped
+    branch adds nothing; the skip path stays). ``p == 0`` or a net without known residual branches
+    yields None. On exit, also on errors, every branch is kept again."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"the drop probability must be in [0, 1), got {p}")
+    if p == 0.0 or not isinstance(net, nn.Module):
+        yield None
+        return
+    state = _state(net)
+    if not state.branches:
+        yield None
+        return
+    state.keep = None
+    try:
+        yield state
+    finally:
+        state.keep = None
+
+
+def draw_keep(gen: torch.Generator, views: int, branches: int, p: float) -> torch.Tensor:
+    """(branches, views) 0/1: which branches each of an image's ``views`` keeps this step, each
+    kept with probability ``1 - p``, from the image's own generator."""
+    return (torch.rand(views, branches, generator=gen) >= p).float().t()
