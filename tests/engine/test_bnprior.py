@@ -10,14 +10,13 @@ import pytest
 import torch
 import torchvision
 from efficientnet_lite_pytorch import EfficientNet
+from optioncheck import OptionCheck
 from pydantic import ValidationError
 from torch import nn
 
-from specs import OptimizerSettings, OptimizeSpec
+from specs import OptimizerSettings
 from worker.engine import bnprior as BP
-from worker.engine import optimize as O
-from worker.engine.images import encode_png, flat_gray
-from worker.engine.models import LoadedModel, Registry
+from worker.engine.models import LoadedModel
 
 
 def test_finds_the_batchnorm_layers() -> None:
@@ -113,24 +112,6 @@ def test_spec_validation() -> None:
     assert OptimizerSettings().bn_prior == 0.0  # the paper's method: no prior
 
 
-@pytest.fixture(scope="module")
-def lite() -> LoadedModel:
-    return Registry().load("efficientnet_lite0")
-
-
-def short(weight: float, steps: int = 3) -> OptimizeSpec:
-    """``invariant+`` cut short: 2 quarter turns, 2 views per step."""
-    return OptimizeSpec.model_validate(
-        {
-            "method": "invariant+",
-            "schedule": [{"op": "rotate", "value": 90.0, "repeat": 2}],
-            "optimizer": {"max_steps_per_round": steps, "bn_prior": weight},
-            "augment": {"views": 2},
-            "final_round": False,
-        }
-    )
-
-
 def distance(model: LoadedModel, img: torch.Tensor) -> float:
     """The BatchNorm distance of a picture (pixel space) at identity."""
     x = img.detach().requires_grad_(True)  # the hooks collect only with gradients
@@ -140,14 +121,9 @@ def distance(model: LoadedModel, img: torch.Tensor) -> float:
 
 
 def test_engine_deterministic_batched_equals_one_by_one_and_pulls_toward_the_statistics(
-    lite: LoadedModel,
+    option_check: OptionCheck,
 ) -> None:
-    targets, x0 = torch.tensor([805, 1]), flat_gray([0, 0], 224)
-    batched = O.visualize(lite, x0, targets, short(0.01))
-    again = O.visualize(lite, x0[1:], targets[1:], short(0.01))[0]
-    assert encode_png(again.image) == encode_png(batched[1].image)
-    plain = O.visualize(lite, x0[1:], targets[1:], short(0.0))[0]
-    assert encode_png(plain.image) != encode_png(again.image)
-    assert again.q_final > float(O.target_probs(lite, x0[1:], targets[1:])[0])
+    again, plain = option_check.run({"bn_prior": 0.01}, {"bn_prior": 0.0})
     # the prior pulls the features toward the model's statistics
+    lite = option_check.model
     assert distance(lite, again.image[None].float()) < distance(lite, plain.image[None].float())

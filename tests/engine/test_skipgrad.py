@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision
 from efficientnet_lite_pytorch import EfficientNet
+from optioncheck import OptionCheck
 from pydantic import ValidationError
 from torch import nn
 
@@ -16,7 +17,6 @@ from specs import OptimizerSettings, OptimizeSpec
 from worker.engine import optimize as O
 from worker.engine import skipgrad as SG
 from worker.engine.images import encode_png, flat_gray
-from worker.engine.models import LoadedModel, Registry
 
 
 def grad_of(net: nn.Module, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,37 +111,15 @@ def test_gamma_is_validated() -> None:
     assert OptimizeSpec(method="invariant+").optimizer.skip_gradient == 0.5
 
 
-@pytest.fixture(scope="module")
-def lite() -> LoadedModel:
-    return Registry().load("efficientnet_lite0")
-
-
-def short(gamma: float, seed: int = 0) -> OptimizeSpec:
-    """``invariant+`` cut short: 2 quarter turns of 3 steps, 2 views per step."""
-    return OptimizeSpec.model_validate(
-        {
-            "method": "invariant+",
-            "seed": seed,
-            "schedule": [{"op": "rotate", "value": 90.0, "repeat": 2}],
-            "optimizer": {"max_steps_per_round": 3, "skip_gradient": gamma},
-            "augment": {"views": 2},
-            "final_round": False,
-        }
-    )
-
-
-def test_engine_same_seed_same_bytes_and_batched_equals_one_by_one(lite: LoadedModel) -> None:
-    targets, x0 = torch.tensor([805, 1]), flat_gray([0, 0], 224)
-    batched = O.visualize(lite, x0, targets, short(0.5))
-    again = O.visualize(lite, x0[1:], targets[1:], short(0.5))[0]
-    plain = O.visualize(lite, x0[1:], targets[1:], short(1.0))[0]
-    assert encode_png(again.image) == encode_png(batched[1].image)
-    assert encode_png(plain.image) != encode_png(again.image)
-    assert again.q_final > float(O.target_probs(lite, x0[1:], targets[1:])[0])
+def test_engine_same_seed_same_bytes_and_batched_equals_one_by_one(
+    option_check: OptionCheck,
+) -> None:
+    _, plain = option_check.run({"skip_gradient": 0.5}, {"skip_gradient": 1.0})
     # the cached model computes plain gradients again afterwards
-    assert encode_png(O.visualize(lite, x0[1:], targets[1:], short(1.0))[0].image) == encode_png(
-        plain.image
-    )
+    ck = option_check
+    x0, tg = flat_gray([0], 224), torch.tensor([1])
+    again = O.visualize(ck.model, x0, tg, ck.spec({"skip_gradient": 1.0}))[0]
+    assert encode_png(again.image) == encode_png(plain.image)
 
 
 # stochastic depth: the same hooks drop branches per sample
@@ -202,16 +180,7 @@ def test_stochastic_depth_off_or_nothing_to_drop() -> None:
     assert OptimizerSettings().stochastic_depth == 0.0
 
 
-def test_engine_stochastic_depth_same_bytes_batched_equals_one_by_one(lite: LoadedModel) -> None:
-    def spec(p: float) -> OptimizeSpec:
-        body = short(0.5).model_dump()
-        body["optimizer"]["stochastic_depth"] = p
-        return OptimizeSpec.model_validate(body)
-
-    targets, x0 = torch.tensor([805, 1]), flat_gray([0, 0], 224)
-    batched = O.visualize(lite, x0, targets, spec(0.3))
-    again = O.visualize(lite, x0[1:], targets[1:], spec(0.3))[0]
-    assert encode_png(again.image) == encode_png(batched[1].image)
-    whole = O.visualize(lite, x0[1:], targets[1:], spec(0.0))[0]
-    assert encode_png(whole.image) != encode_png(again.image)
-    assert again.q_final > float(O.target_probs(lite, x0[1:], targets[1:])[0])
+def test_engine_stochastic_depth_same_bytes_batched_equals_one_by_one(
+    option_check: OptionCheck,
+) -> None:
+    option_check.run({"stochastic_depth": 0.3}, {"stochastic_depth": 0.0})
