@@ -9,14 +9,9 @@ from specs import OptimizeSpec, RandomViews
 from worker.engine import optimize as O
 from worker.engine import transforms as T
 from worker.engine.images import decode_image, encode_png, flat_gray
-from worker.engine.models import LoadedModel, Registry
+from worker.engine.models import LoadedModel
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def lite() -> LoadedModel:
-    return Registry().load("efficientnet_lite0")
 
 
 def saved_and_reloaded(image: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 whose features have, layer by layer, the mean and variance the model saw on its training photos.
 
 Every ``BatchNorm2d`` keeps the running mean and variance of its input over the training set. For
-one view ``x`` of a picture, ``distance`` sums over those layers
+one view ``x`` of a picture, the distance sums ``layer_distance`` over those layers,
 ``‖μ(x) − running_mean‖₂ + ‖σ²(x) − running_var‖₂``, the mean and variance taken per channel
 over the view's positions (every 4th one in the large maps of the first layers, where nearly all
 of the cost is). The engine subtracts ``weight × distance`` from each view's objective

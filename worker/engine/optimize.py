@@ -514,10 +514,10 @@ def param_round(
                 tg_img = targets[sel]
                 sub = data[sel].detach().requires_grad_(True)
                 draws = [A.draw(gens[i], augment) for i in chunk] if augment is not None else []
-                keeps = []  # (branches, views) per image: its branches dropped this step
+                keeps = []  # (branches, views) per image: which branches it keeps this step
                 if sd is not None:
-                    p_drop = cfg.stochastic_depth
-                    keeps = [SG.draw_keep(gens[i], nv, sd.branches, p_drop) for i in chunk]
+                    drop = cfg.stochastic_depth
+                    keeps = [SG.draw_keep(gens[i], nv, sd.branches, drop) for i in chunk]
                 q_sum = torch.zeros(len(chunk), dtype=torch.float64, device=dev)
                 grad: torch.Tensor | None = None
                 go_c: torch.Tensor | None = None

@@ -132,7 +132,7 @@ def skip_gradients(net: nn.Module, gamma: float) -> Iterator[int]:
 
 @contextmanager
 def stochastic_depth(net: nn.Module, p: float) -> Iterator[_State | None]:
-    """Within the block, ``drop`` the residual branches of ``net`` at random (stochastic depth,
+    """Within the block, drop the residual branches of ``net`` at random (stochastic depth,
     Huang et al. 2016): yields the model's branch state, whose ``keep`` (branches, N), set before
     a forward pass with gradients, says which branches each of its N samples keeps (a dropped
     branch adds nothing; the skip path stays). ``p == 0`` or a net without known residual branches
