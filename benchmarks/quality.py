@@ -9,7 +9,9 @@ another model). Classes are drawn at random from all 1,000 ImageNet classes with
 while tuning, ``fresh`` one drawn after the tuning (issue 12's second pass) and run only to check
 the final choice, ``check`` one drawn after the fourth session's tuning pass and run only to
 check its choice, ``extra1`` to ``extra4`` four more drawn in the fifth session, so a choice is
-measured on 96 classes (a class may come up in more than one draw). For every
+measured on 96 classes (a class may come up in more than one draw), and ``extra5`` and
+``extra6`` drawn in the seventh session and never tuned on: they check the sixth session's
+choice on 24 classes it never saw. For every
 class and method, one visualization from black (one target at a time), then on the saved 8-bit PNG
 decoded again:
 
@@ -71,6 +73,8 @@ DRAWS = {
     "extra2": 5055,
     "extra3": 6066,
     "extra4": 7077,
+    "extra5": 8088,
+    "extra6": 9099,
 }
 """Seeds of the class draws: ``sorted(random.Random(seed).sample(range(1000), 12))``."""
 DRAWN = {
@@ -82,6 +86,8 @@ DRAWN = {
     "extra2": [44, 120, 325, 434, 481, 542, 632, 697, 769, 772, 774, 965],
     "extra3": [9, 37, 38, 75, 256, 479, 522, 559, 632, 646, 673, 873],
     "extra4": [102, 110, 153, 249, 276, 523, 655, 761, 808, 895, 939, 940],
+    "extra5": [94, 180, 353, 589, 621, 638, 825, 830, 862, 881, 891, 961],
+    "extra6": [10, 24, 175, 333, 443, 519, 639, 735, 821, 823, 839, 947],
 }
 """The classes those seeds give (checked at start), kept so the draw never changes silently."""
 CLASSES_PER_DRAW = 12
