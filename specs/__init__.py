@@ -282,8 +282,8 @@ PRESETS: dict[str, dict[str, object]] = {
     # more steps, 8.4 s (over budget). Seventh session (32 of those classes, paired): views
     # rotated by at most 45° (-0.14), mirrored views (-0.07), zoom 0.8-1.8, per-view contrast
     # jitter, prior weight 0.003, the logits centered in the objective, a stricter early stop or
-    # the final round under views: none
-    # better; twice the steps or twice the views per step: within noise at identity.
+    # the final round under views: none better; twice the steps or twice the views per step:
+    # within noise at identity.
     "invariant+": {
         "schedule": [{"op": "rotate", "value": 90.0, "repeat": 3}],
         "optimizer": {
