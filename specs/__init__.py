@@ -97,7 +97,13 @@ class OptimizerSettings(_Frozen):
     lr: float = Field(default=4.0, gt=0.0, le=64.0, description="Adam step size in pixel units")
     beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
     beta2: float = Field(default=0.999, ge=0.0, lt=1.0)
-    q_target: float = Field(default=0.99, gt=0.0, lt=1.0)
+    q_target: float = Field(
+        default=0.99,
+        gt=0.0,
+        le=1.0,
+        description="a round ends once the target probability passes this; 1: never early "
+        "(every round runs max_steps_per_round)",
+    )
     max_steps_per_round: int = Field(default=100, ge=1, le=5000)
     max_total_steps: int = Field(default=3000, ge=1, le=100_000)
     skip_gradient: float = Field(
@@ -219,9 +225,9 @@ class StepAugment(_Frozen):
     q_target: float | None = Field(
         default=None,
         gt=0.0,
-        lt=1.0,
+        le=1.0,
         description="a round under random views ends when their mean q_C passes this "
-        "(default: optimizer.q_target)",
+        "(default: optimizer.q_target; 1: never early)",
     )
     final_round: bool = Field(
         default=False, description="also in the final round (else it optimizes the plain image)"
@@ -283,7 +289,10 @@ PRESETS: dict[str, dict[str, object]] = {
     # rotated by at most 45° (-0.14), mirrored views (-0.07), zoom 0.8-1.8, per-view contrast
     # jitter, prior weight 0.003, the logits centered in the objective, a stricter early stop or
     # the final round under views: none better; twice the steps or twice the views per step:
-    # within noise at identity.
+    # within noise at identity. Eighth session: without the early stop the judge does grow with
+    # the work (rounds of 60 steps, augment.q_target 1: +0.08, 3.5 times the time, past Lucent's
+    # 512 steps on every column; README), so the preset keeps the stop to stay within 8 s a class
+    # on the 2-core CPU; that override is the recipe where time is cheap (a GPU).
     "invariant+": {
         "schedule": [{"op": "rotate", "value": 90.0, "repeat": 3}],
         "optimizer": {

@@ -52,6 +52,24 @@ def test_round_stops_as_soon_as_q_target_is_passed(tiny: LoadedModel) -> None:
     assert float(qa2[0]) <= 0.5
 
 
+@pytest.mark.parametrize("augmented", [False, True])
+def test_q_target_one_never_ends_a_round_early(tiny: LoadedModel, augmented: bool) -> None:
+    def trace(q: float) -> list[int]:
+        body: dict[str, object] = {
+            "schedule": [Operation(op="rotate", value=90.0, repeat=2)],
+            "optimizer": {"q_target": q, "max_steps_per_round": 25},
+        }
+        if augmented:  # the invariant+ path: Fourier image, random views, augment.q_target
+            body |= {"method": "invariant+", "final_round": False}
+            body["augment"] = {"views": 2, "q_target": q}
+        spec = OptimizeSpec.model_validate(body)
+        res = O.visualize(tiny, flat_gray([255], 32), torch.tensor([SOCCER]), spec)[0]
+        return [r.steps for r in res.trace]
+
+    assert min(trace(0.5)) < 25  # the tiny model passes 0.5 early: rounds do end early
+    assert trace(1.0) == [25] * (2 if augmented else 3)  # 1: every round runs its whole limit
+
+
 def test_step_limit_and_total_budget(tiny: LoadedModel) -> None:
     spec = short_spec(
         optimizer=OptimizerSettings(q_target=0.999999, max_steps_per_round=3, max_total_steps=10)
