@@ -33,8 +33,11 @@ decoded again:
 The methods: ``old`` is the ``invariant+`` preset before issue 12 (kept here as ``OLD_PRESET``),
 ``prev`` the one its second pass chose (``PREV_PRESET``), ``sgm`` the fifth session's (the same
 with skip gradients, ``SGM_PRESET``), ``new`` is
-``OptimizeSpec(method="invariant+")`` as it is now; ``--variant`` adds others (a JSON request
-body merged over the preset), which is how the preset was tuned. One contact sheet per
+``OptimizeSpec(method="invariant+")`` as it is now; ``lucent`` is Lucent's default class
+visualization (the baseline of issue 12's table: torch-lucent's own parameterization and
+transforms, 512 steps; ``measure_lucent``; it needs ``pip install --no-deps torch-lucent==0.1.8
+kornia==0.4.1``), also judged after 64, 128 and 256 steps; ``--variant`` adds others (a JSON
+request body merged over the preset), which is how the preset was tuned. One contact sheet per
 draw (rows = methods, columns = classes) goes to ``--sheet-dir``. The machine, torch threads and
 the load average before every class are in the JSON: the development machine is shared.
 """
@@ -281,6 +284,106 @@ def measure(
     }, res.image
 
 
+LUCENT_SPEC: dict[str, Any] = {
+    "library": "torch-lucent 0.1.8 (kornia 0.4.1)",
+    "param": "param.image(224): decorrelated Fourier image, decay 1, sd 0.01",
+    "transforms": "transform.standard_transforms",
+    "optimizer": "Adam, lr 0.05",
+    "objective": "the target logit",
+    "steps": 512,
+}
+"""The ``lucent`` method (``measure_lucent``) as the JSON's ``specs`` records it."""
+LUCENT_STEPS = 512
+LUCENT_SNAPSHOTS = (64, 128, 256)
+"""Lucent's default length (``render_vis(thresholds=(512,))``) and the steps at which its picture
+is judged on the way (``lite1_identity_at``, ``lite0_views_at``): how the figures grow with work."""
+
+
+def measure_lucent(
+    gen: LoadedModel,
+    jm: LoadedModel,
+    target: int,
+    views: tuple[torch.Tensor, torch.Tensor],
+    steps: int = LUCENT_STEPS,
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """Lucent's default class visualization of ``target`` (the baseline of issue 12's table),
+    judged like ``measure``'s pictures.
+
+    torch-lucent 0.1.8 as ``render_vis`` runs it by default, with the library's own pieces:
+    ``param.image(224)`` (a decorrelated Fourier image, random start of sd 0.01 about gray),
+    ``transform.standard_transforms`` (pad 12, jitter 8, scale 0.9-1.1, rotation up to 10°,
+    jitter 4), Adam at 0.05, the target logit as the objective, 512 steps, no early stop. The
+    loop is written out (it is ``render_vis``'s, without its display and progress bar) because
+    lite0 takes 0..255 and normalizes itself, where ``render_vis`` would add torchvision's
+    normalization. Seeded with the class (torch and numpy, the libraries Lucent draws from).
+    Needs ``pip install --no-deps torch-lucent==0.1.8 kornia==0.4.1`` (not a project dependency:
+    their declared requirements pull in IPython, scikit-learn and test tools).
+    """
+    import numpy as np
+
+    try:
+        from lucent.optvis import param as lparam
+        from lucent.optvis import transform as ltransform
+    except ImportError as e:  # an optional baseline
+        raise SystemExit(
+            "the lucent method needs: pip install --no-deps torch-lucent==0.1.8 kornia==0.4.1"
+        ) from e
+
+    bare = bare_fwd_bwd(gen)
+    load = _load()
+    torch.manual_seed(target)
+    np.random.seed(target)
+    t0, c0, paused, paused_cpu = time.perf_counter(), time.process_time(), 0.0, 0.0
+    params, image_f = lparam.image(gen.info.input_size)
+    opt = torch.optim.Adam(params, lr=0.05)
+    tf = ltransform.compose(ltransform.standard_transforms)
+    j_at: dict[str, float] = {}
+    g_at: dict[str, float] = {}
+    for step in range(1, steps + 1):
+        opt.zero_grad()
+        loss = -gen(tf(image_f()) * 255.0)[0, target]
+        loss.backward()
+        opt.step()
+        if step in LUCENT_SNAPSHOTS and step < steps:  # judged on the way, off the clock
+            p0, pc = time.perf_counter(), time.process_time()
+            with torch.no_grad():
+                snap = decode_image(encode_png(image_f()[0] * 255.0))[None]
+            j_at[str(step)] = round(judge(jm, snap, target, views)[0], 4)
+            g_at[str(step)] = round(judge(gen, snap, target, views)[1], 4)
+            paused += time.perf_counter() - p0
+            paused_cpu += time.process_time() - pc
+    seconds = time.perf_counter() - t0 - paused
+    cpu = time.process_time() - c0 - paused_cpu
+    with torch.no_grad():
+        img = decode_image(encode_png(image_f()[0] * 255.0))[None]  # the 8-bit PNG
+    g_id, g_views, g_top5, _ = judge(gen, img, target, views)
+    j_id, j_views, j_top5, j_top1 = judge(jm, img, target, views)
+    brightness, contrast, colorfulness = looks(img)
+    return {
+        "lite0_views": round(g_views, 4),
+        "lite1_identity": round(j_id, 4),
+        "lite1_top5_views": round(j_top5, 4),
+        "lite1_top1": 1.0 if j_top1 else 0.0,
+        "seconds": round(seconds, 2),
+        "seconds_normalized": round(seconds * REFERENCE_BARE / bare, 2),
+        "lite0_identity": round(g_id, 4),
+        "lite0_top5_views": round(g_top5, 4),
+        "lite1_views": round(j_views, 4),
+        "brightness": round(brightness, 1),
+        "rms_contrast": round(contrast, 1),
+        "colorfulness": round(colorfulness, 1),
+        "cpu_seconds": round(cpu, 2),
+        "steps": steps,
+        "steps_per_round": [steps],
+        "gradient_images": steps,
+        "lite1_identity_at": j_at,
+        "lite0_views_at": g_at,
+        "final_logit": round(-loss.item(), 2),
+        "bare_fwd_bwd": round(bare, 4),
+        "load_before": load,
+    }, img[0]
+
+
 MEAN_KEYS = (
     "lite0_views",
     "lite1_identity",
@@ -352,6 +455,13 @@ def main() -> None:
         name, _, body = v.partition("=")
         specs[name] = OptimizeSpec.model_validate({"method": "invariant+", **json.loads(body)})
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        if m not in specs and m != "lucent":
+            ap.error(f"unknown method {m!r}: old, prev, sgm, new, lucent or a --variant name")
+
+    def spec_json(m: str) -> dict[str, Any]:
+        return LUCENT_SPEC if m == "lucent" else specs[m].model_dump(mode="json")
+
     draws = [d.strip() for d in args.draws.split(",") if d.strip()]
 
     reg = Registry()
@@ -366,7 +476,7 @@ def main() -> None:
         for d, dd in prev["draws"].items():
             for m, mm in dd["methods"].items():
                 if m in methods and m not in [v.partition("=")[0] for v in args.variant]:
-                    if prev["specs"][m] != specs[m].model_dump(mode="json"):
+                    if prev["specs"][m] != spec_json(m):
                         raise RuntimeError(f"{path}: method {m!r} ran with another spec")
                     got = reused.setdefault((d, m), {"per_class": {}, "cells": {}})
                     got["per_class"].update(mm["per_class"])  # several runs of parts of a draw
@@ -382,7 +492,7 @@ def main() -> None:
         "views": RandomViews().model_dump(),
         "targets": TARGETS,
         "reference_bare_fwd_bwd": REFERENCE_BARE,
-        "specs": {m: specs[m].model_dump(mode="json") for m in methods},
+        "specs": {m: spec_json(m) for m in methods},
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
@@ -429,7 +539,10 @@ def main() -> None:
                     img = decode_image(Path(old["cells"][label]).read_bytes())
                     cells[m][label] = old["cells"][label]
                 else:
-                    fig, img = measure(gen, jm, specs[m], c, views)
+                    if m == "lucent":
+                        fig, img = measure_lucent(gen, jm, c, views)
+                    else:
+                        fig, img = measure(gen, jm, specs[m], c, views)
                     if args.cells:  # every picture as it comes (to look at a long run)
                         cell = args.sheet_dir / f"cells-{args.tag}" / f"{d}-{m}-{c}.png"
                         cell.parent.mkdir(parents=True, exist_ok=True)
