@@ -238,6 +238,38 @@ def judge(
     return p_id, float(p.mean()), float((rank < 5).double().mean()), top1
 
 
+def figures(
+    gen: LoadedModel,
+    jm: LoadedModel,
+    img: torch.Tensor,
+    target: int,
+    views: tuple[torch.Tensor, torch.Tensor],
+    clock: tuple[float, float, float],
+) -> dict[str, Any]:
+    """The judged figures and looks of a picture (1, 3, H, W) decoded from its 8-bit PNG, and
+    its time: ``clock`` = (seconds, CPU seconds, the bare forward+backward measured before)."""
+    seconds, cpu, bare = clock
+    g_id, g_views, g_top5, _ = judge(gen, img, target, views)
+    j_id, j_views, j_top5, j_top1 = judge(jm, img, target, views)
+    brightness, contrast, colorfulness = looks(img)
+    return {
+        "lite0_views": round(g_views, 4),
+        "lite1_identity": round(j_id, 4),
+        "lite1_top5_views": round(j_top5, 4),
+        "lite1_top1": 1.0 if j_top1 else 0.0,
+        "seconds": round(seconds, 2),
+        "seconds_normalized": round(seconds * REFERENCE_BARE / bare, 2),
+        "lite0_identity": round(g_id, 4),
+        "lite0_top5_views": round(g_top5, 4),
+        "lite1_views": round(j_views, 4),
+        "brightness": round(brightness, 1),
+        "rms_contrast": round(contrast, 1),
+        "colorfulness": round(colorfulness, 1),
+        "cpu_seconds": round(cpu, 2),
+        "bare_fwd_bwd": round(bare, 4),
+    }
+
+
 def measure(
     gen: LoadedModel,
     jm: LoadedModel,
@@ -253,9 +285,6 @@ def measure(
     res = O.visualize(gen, flat_gray([0], gen.info.input_size), tg, spec)[0]
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     img = decode_image(encode_png(res.image))[None]  # what the user gets: the 8-bit PNG
-    g_id, g_views, g_top5, _ = judge(gen, img, target, views)
-    brightness, contrast, colorfulness = looks(img)
-    j_id, j_views, j_top5, j_top1 = judge(jm, img, target, views)
     per_step = spec.augment.views if spec.augment.enabled else 1
     aug_steps = sum(r.steps for r in res.trace if r.operation is not None)
     final_steps = res.total_steps - aug_steps
@@ -263,23 +292,10 @@ def measure(
     if not spec.rounds():  # one round: it is the final one
         aug_steps, final_steps = 0, res.total_steps
     return {
-        "lite0_views": round(g_views, 4),
-        "lite1_identity": round(j_id, 4),
-        "lite1_top5_views": round(j_top5, 4),
-        "lite1_top1": 1.0 if j_top1 else 0.0,
-        "seconds": round(seconds, 2),
-        "seconds_normalized": round(seconds * REFERENCE_BARE / bare, 2),
-        "lite0_identity": round(g_id, 4),
-        "lite0_top5_views": round(g_top5, 4),
-        "lite1_views": round(j_views, 4),
-        "brightness": round(brightness, 1),
-        "rms_contrast": round(contrast, 1),
-        "colorfulness": round(colorfulness, 1),
-        "cpu_seconds": round(cpu, 2),
+        **figures(gen, jm, img, target, views, (seconds, cpu, bare)),
         "steps": res.total_steps,
         "steps_per_round": [r.steps for r in res.trace],
         "gradient_images": aug_steps * per_step + final_steps * final_views,
-        "bare_fwd_bwd": round(bare, 4),
         "load_before": load,
     }, res.image
 
@@ -356,30 +372,14 @@ def measure_lucent(
     cpu = time.process_time() - c0 - paused_cpu
     with torch.no_grad():
         img = decode_image(encode_png(image_f()[0] * 255.0))[None]  # the 8-bit PNG
-    g_id, g_views, g_top5, _ = judge(gen, img, target, views)
-    j_id, j_views, j_top5, j_top1 = judge(jm, img, target, views)
-    brightness, contrast, colorfulness = looks(img)
     return {
-        "lite0_views": round(g_views, 4),
-        "lite1_identity": round(j_id, 4),
-        "lite1_top5_views": round(j_top5, 4),
-        "lite1_top1": 1.0 if j_top1 else 0.0,
-        "seconds": round(seconds, 2),
-        "seconds_normalized": round(seconds * REFERENCE_BARE / bare, 2),
-        "lite0_identity": round(g_id, 4),
-        "lite0_top5_views": round(g_top5, 4),
-        "lite1_views": round(j_views, 4),
-        "brightness": round(brightness, 1),
-        "rms_contrast": round(contrast, 1),
-        "colorfulness": round(colorfulness, 1),
-        "cpu_seconds": round(cpu, 2),
+        **figures(gen, jm, img, target, views, (seconds, cpu, bare)),
         "steps": steps,
         "steps_per_round": [steps],
         "gradient_images": steps,
         "lite1_identity_at": j_at,
         "lite0_views_at": g_at,
         "final_logit": round(-loss.item(), 2),
-        "bare_fwd_bwd": round(bare, 4),
         "load_before": load,
     }, img[0]
 
