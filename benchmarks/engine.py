@@ -11,6 +11,10 @@
   batch versus one by one, the speed-up and whether the images agree.
 - ``default_visualization``: the wall time of one default visualization (soccer ball), its steps.
 - ``invariant_plus_classes``: ``invariant+`` over N classes in one job, as classes per minute.
+- ``invariant_plus_long_classes``: the same with ``LONG`` (rounds of 60 steps that never end
+  early: the recipe that takes the judge past 0.9 in ``benchmarks/quality.py``, 3.5 times the
+  work), so a GPU run says what that quality costs there. Run last (float32 only), after the
+  other figures are written.
 - ``compiled`` (CUDA, ``--compile``): step time at the largest batch with ``torch.compile``.
 - ``amp`` (``--amp``): the same figures run under bfloat16 autocast.
 
@@ -187,12 +191,19 @@ def time_default(model: LoadedModel, rt: O.Runtime, repeats: int) -> dict[str, A
     }
 
 
-def time_classes(model: LoadedModel, n: int, rt: O.Runtime) -> dict[str, Any]:
-    """``invariant+`` over ``n`` classes (spread over the label set) in one job."""
+LONG: dict[str, Any] = {"optimizer": {"max_steps_per_round": 60}, "augment": {"q_target": 1.0}}
+"""The request body over ``invariant+`` that the README calls "long" (issue 12's eighth pass)."""
+
+
+def time_classes(
+    model: LoadedModel, n: int, rt: O.Runtime, over: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``invariant+`` (with the request body ``over`` merged in) over ``n`` classes (spread over
+    the label set) in one job."""
     dev = model.device
     k = model.info.num_classes
     classes = [(i * k) // n for i in range(n)]
-    spec = OptimizeSpec(method="invariant+")
+    spec = OptimizeSpec.model_validate({"method": "invariant+", **(over or {})})
     x0 = flat_gray([128] * n, model.info.input_size, device=dev)
     tg = torch.tensor(classes, device=dev)
     _peak_start(dev)
@@ -244,7 +255,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="write the JSON here too")
     p.add_argument("--note", default="", help="free text recorded in the output")
     p.add_argument(
-        "--skip", help="comma-separated figures to leave out: steps,sweep,default,classes"
+        "--skip", help="comma-separated figures to leave out: steps,sweep,default,classes,long"
     )
     args = p.parse_args()
     dev = torch.device(
@@ -301,6 +312,9 @@ def main() -> None:
     if args.amp:
         art = O.Runtime(amp=True)
         out["amp"] = run_all(model, args, art)
+    if "long" not in (args.skip or "").split(","):  # last: the longest, after the rest is saved
+        save()
+        out["invariant_plus_long_classes"] = time_classes(model, args.classes, rt, LONG)
     out["load_average_after"] = list(os.getloadavg())
     out["seconds"] = time.monotonic() - t0
     sys.stdout.write(save())

@@ -46,7 +46,10 @@ def test_gpu_check_runs_on_the_cpu(tmp_path: Path) -> None:
         assert fig["engine"] > 0 and fig["ratio"] > 0
     assert engine["sweep"]["batched_equals_one_by_one"]  # the CPU's exactness guarantee
     assert engine["default_visualization"]["steps"] > 0
-    assert engine["invariant_plus_classes"]["classes"] == 4
+    plus = engine["invariant_plus_classes"]
+    assert plus["classes"] == 4
+    long = engine["invariant_plus_long_classes"]  # rounds that never end early: all their steps
+    assert long["classes"] == 4 and long["steps_mean"] > plus["steps_mean"]
     service = json.loads((out / "service.json").read_text())
     assert service["visualize"]["status"] == "succeeded", service
     assert service["sweep"]["status"] == "succeeded" and service["sweep"]["levels"] == 3
