@@ -223,18 +223,17 @@ def time_classes(
 def run_all(model: LoadedModel, args: argparse.Namespace, rt: O.Runtime) -> dict[str, Any]:
     batches = [int(b) for b in args.batches.split(",")]
     levels = [int(v) for v in args.sweep_levels.split(",")] if args.sweep_levels else None
-    skip = set(args.skip.split(",")) if args.skip else set()
     out: dict[str, Any] = {}
-    if "steps" not in skip:
+    if "steps" not in args.skip:
         out["step_seconds_per_image"] = {
             str(b): time_steps(model, b, args.steps, args.repeats, rt) for b in batches
         }
-    if "sweep" not in skip:
+    if "sweep" not in args.skip:
         levels = levels or list(DEFAULT_GRAY_LEVELS)
         out["sweep"] = time_sweep(model, levels, args.sweep_rounds, rt)
-    if "default" not in skip:
+    if "default" not in args.skip:
         out["default_visualization"] = time_default(model, rt, args.repeats)
-    if "classes" not in skip:
+    if "classes" not in args.skip:
         out["invariant_plus_classes"] = time_classes(model, args.classes, rt)
     return out
 
@@ -258,6 +257,7 @@ def main() -> None:
         "--skip", help="comma-separated figures to leave out: steps,sweep,default,classes,long"
     )
     args = p.parse_args()
+    args.skip = set(args.skip.split(",")) if args.skip else set()
     dev = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
@@ -312,7 +312,7 @@ def main() -> None:
     if args.amp:
         art = O.Runtime(amp=True)
         out["amp"] = run_all(model, args, art)
-    if "long" not in (args.skip or "").split(","):  # last: the longest, after the rest is saved
+    if "long" not in args.skip:  # last: the longest, after the rest is saved
         save()
         out["invariant_plus_long_classes"] = time_classes(model, args.classes, rt, LONG)
     out["load_average_after"] = list(os.getloadavg())

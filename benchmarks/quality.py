@@ -238,6 +238,11 @@ def judge(
     return p_id, float(p.mean()), float((rank < 5).double().mean()), top1
 
 
+def as_saved(img: torch.Tensor) -> torch.Tensor:
+    """A picture (3, H, W), 0..255, as the user gets it: its 8-bit PNG decoded, (1, 3, H, W)."""
+    return decode_image(encode_png(img))[None]
+
+
 def figures(
     gen: LoadedModel,
     jm: LoadedModel,
@@ -284,7 +289,7 @@ def measure(
     t0, c0 = time.perf_counter(), time.process_time()
     res = O.visualize(gen, flat_gray([0], gen.info.input_size), tg, spec)[0]
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    img = decode_image(encode_png(res.image))[None]  # what the user gets: the 8-bit PNG
+    img = as_saved(res.image)
     per_step = spec.augment.views if spec.augment.enabled else 1
     aug_steps = sum(r.steps for r in res.trace if r.operation is not None)
     final_steps = res.total_steps - aug_steps
@@ -300,19 +305,19 @@ def measure(
     }, res.image
 
 
+LUCENT_STEPS = 512
+LUCENT_SNAPSHOTS = (64, 128, 256)
+"""Lucent's default length (``render_vis(thresholds=(512,))``) and the steps at which its picture
+is judged on the way (``lite1_identity_at``, ``lite0_views_at``): how the figures grow with work."""
 LUCENT_SPEC: dict[str, Any] = {
     "library": "torch-lucent 0.1.8 (kornia 0.4.1)",
     "param": "param.image(224): decorrelated Fourier image, decay 1, sd 0.01",
     "transforms": "transform.standard_transforms",
     "optimizer": "Adam, lr 0.05",
     "objective": "the target logit",
-    "steps": 512,
+    "steps": LUCENT_STEPS,
 }
 """The ``lucent`` method (``measure_lucent``) as the JSON's ``specs`` records it."""
-LUCENT_STEPS = 512
-LUCENT_SNAPSHOTS = (64, 128, 256)
-"""Lucent's default length (``render_vis(thresholds=(512,))``) and the steps at which its picture
-is judged on the way (``lite1_identity_at``, ``lite0_views_at``): how the figures grow with work."""
 
 
 def measure_lucent(
@@ -363,7 +368,7 @@ def measure_lucent(
         if step in LUCENT_SNAPSHOTS and step < steps:  # judged on the way, off the clock
             p0, pc = time.perf_counter(), time.process_time()
             with torch.no_grad():
-                snap = decode_image(encode_png(image_f()[0] * 255.0))[None]
+                snap = as_saved(image_f()[0] * 255.0)
             j_at[str(step)] = round(judge(jm, snap, target, views)[0], 4)
             g_at[str(step)] = round(judge(gen, snap, target, views)[1], 4)
             paused += time.perf_counter() - p0
@@ -371,7 +376,7 @@ def measure_lucent(
     seconds = time.perf_counter() - t0 - paused
     cpu = time.process_time() - c0 - paused_cpu
     with torch.no_grad():
-        img = decode_image(encode_png(image_f()[0] * 255.0))[None]  # the 8-bit PNG
+        img = as_saved(image_f()[0] * 255.0)
     return {
         **figures(gen, jm, img, target, views, (seconds, cpu, bare)),
         "steps": steps,
