@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from specs import OptimizeSpec, VisualizeSpec
+from worker.engine import augment as A
 from worker.engine import optimize as O
+from worker.engine import param as P
 from worker.engine import transparency as TR
 from worker.engine.images import encode_png, flat_gray
 from worker.engine.models import LoadedModel, Registry
@@ -62,6 +64,38 @@ def test_no_map_unless_asked_and_asking_changes_nothing_else(tiny: LoadedModel) 
     again = O.visualize(tiny, x, tg, plus(), transparency=True)[0]
     assert again.transparency is not None and mapped.transparency is not None
     assert torch.equal(again.transparency, mapped.transparency)
+
+
+def test_the_map_does_not_depend_on_how_views_are_split_into_passes(tiny: LoadedModel) -> None:
+    """The map is the |gradient| of each step's objective (the mean over the views), whether
+    the views go through the model in one pass or several (a smaller memory budget)."""
+    spec = OptimizeSpec(method="invariant+")
+    small = O.Runtime(pass_memory_mb=1)
+    assert O.plan_passes(tiny, small, 32, 1, spec.augment.views, grad=True).views < 4
+    assert O.plan_passes(tiny, O.Runtime(), 32, 1, spec.augment.views, grad=True).views == 4
+    x, tg = flat_gray([128], 32), torch.tensor([SOCCER])
+    one = O.visualize(tiny, x, tg, spec, transparency=True)[0]
+    several = O.visualize(tiny, x, tg, spec, transparency=True, runtime=small)[0]
+    assert [r.steps for r in one.trace] == [r.steps for r in several.trace]
+    assert torch.equal(one.image, several.image)
+    assert one.transparency is not None and several.transparency is not None
+    torch.testing.assert_close(several.transparency, one.transparency, rtol=1e-4, atol=1e-6)
+
+
+def test_an_image_that_takes_no_step_adds_nothing_to_its_map(tiny: LoadedModel) -> None:
+    """The pass that finds a round over (its limit reached) makes no step and marks nothing,
+    with the views in one pass or in several."""
+    spec = OptimizeSpec(method="invariant+")
+    x, tg = flat_gray([128], 32), torch.tensor([SOCCER])
+    for plan in (O.PassPlan(images=1, views=4), O.PassPlan(images=1, views=2)):
+        param = P.PixelParam(x.clone())
+        sal = torch.zeros(1, 32, 32)
+        steps, _, _ = O.param_round(
+            tiny, param, tg, torch.tensor([True]), spec.optimizer, torch.tensor([0]),
+            lr=1.0, augment=spec.augment, gens=[A.generator(1)], plan=plan, saliency=sal,
+        )  # fmt: skip
+        assert int(steps[0]) == 0
+        assert float(sal.abs().sum()) == 0.0
 
 
 def test_alpha_clips_outliers_and_scales_to_one() -> None:

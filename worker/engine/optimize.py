@@ -427,24 +427,18 @@ def _views(d: A.Draw, a: int, k: int) -> A.Draw:
 
 
 def _grad(
-    obj: torch.Tensor,
-    sub: torch.Tensor,
-    rendered: torch.Tensor,
-    saliency: torch.Tensor | None,
-    sel: torch.Tensor | slice,
-) -> torch.Tensor:
-    """d obj / d sub; with ``saliency`` (B, H, W), also add each image's |d obj / d rendered|
-    (channels summed) to its row ``sel``: the same backward pass, no extra one."""
-    if saliency is None:
+    obj: torch.Tensor, sub: torch.Tensor, rendered: torch.Tensor, image: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """d obj / d sub and, with ``image``, d obj / d rendered (the picture in pixel space, for
+    the transparency map): the same backward pass, no extra one."""
+    if not image:
         (grad,) = torch.autograd.grad(obj, sub)
-        return grad
+        return grad, None
     if rendered is sub:  # the pixel parameterization: the same gradient
         (grad,) = torch.autograd.grad(obj, sub)
-        g_img = grad
-    else:
-        grad, g_img = torch.autograd.grad(obj, [sub, rendered])
-    saliency[sel] += g_img.abs().sum(dim=1).to(saliency)
-    return grad
+        return grad, grad
+    grad, g_img = torch.autograd.grad(obj, [sub, rendered])
+    return grad, g_img
 
 
 def param_round(
@@ -469,8 +463,10 @@ def param_round(
     With ``augment``, each image draws its views from its own generator ``gens[i]`` at every step
     it takes part in; the objective is the mean over its views and ``q_C`` (early stop, trace) is
     the mean target probability over them. Without, the image itself is seen, as in the paper.
-    ``saliency`` (B, H, W), when given, accumulates each stepping image's |gradient| with respect
-    to its rendered pixel-space image (channels summed): no extra forward or backward pass.
+    ``saliency`` (B, H, W), when given, accumulates each stepping image's |gradient| of its
+    objective with respect to its rendered pixel-space image (channels summed), at the steps it
+    takes: from the backward passes the step makes anyway, and the same however its views are
+    split into passes.
 
     The images still being optimized go through the model in the passes of ``plan`` (default:
     ``plan_passes`` for this batch). Between two passes of one step, ``on_pass(step, q_C)`` is
@@ -499,6 +495,7 @@ def param_round(
             size = round(size * augment.view_scale)
         plan = plan_passes(model, rt, size, len(running), nv, grad=True)
     split = plan.views < nv  # an image's views take several passes
+    want_map = saliency is not None
     step, q_last, first = 0, 0.0, True
     with (
         SG.skip_gradients(model.net, cfg.skip_gradient),  # forward unchanged
@@ -520,6 +517,7 @@ def param_round(
                     keeps = [SG.draw_keep(gens[i], nv, sd.branches, drop) for i in chunk]
                 q_sum = torch.zeros(len(chunk), dtype=torch.float64, device=dev)
                 grad: torch.Tensor | None = None
+                g_img: torch.Tensor | None = None  # d objective / d picture, for the map
                 go_c: torch.Tensor | None = None
                 for a in range(0, nv, plan.views):
                     if passes > 0:
@@ -549,16 +547,21 @@ def param_round(
                         obj = chosen.view(-1, k).mean(dim=1)  # mean over views
                         # CPU: no wait, skip the backward
                         if dev.type == "cuda" or bool(go_c.any()):
-                            grad = _grad((obj * go_c).sum(), sub, rendered, saliency, sel)
+                            grad, g_img = _grad((obj * go_c).sum(), sub, rendered, want_map)
                         q_sum = qc
                     else:  # a share of the views: their part of the mean, go decided after all
                         obj = chosen.view(-1, k).sum(dim=1) / nv
-                        g = _grad(obj.sum(), sub, rendered, saliency, sel)
+                        g, gi = _grad(obj.sum(), sub, rendered, want_map)
                         grad = g if grad is None else grad + g
+                        if gi is not None:  # signed, so the map is |gradient of the mean|
+                            g_img = gi if g_img is None else g_img + gi
                         q_sum = q_sum + p.sum(dim=1)
                 qc = q_sum if not split else q_sum / nv
                 if go_c is None or split:
                     go_c = ~((qc > q_target) | (steps[sel] >= max_steps[sel]))
+                if saliency is not None and g_img is not None:  # stepping images only
+                    mask = go_c.to(saliency)[:, None, None]
+                    saliency[sel] += g_img.abs().sum(dim=1).to(saliency) * mask
                 q_parts.append(qc)
                 go_parts.append(go_c)
                 grad_parts.append(grad if grad is not None else torch.zeros_like(sub))
