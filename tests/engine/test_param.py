@@ -94,6 +94,22 @@ def test_the_margin_is_the_start_headroom_a_transformed_image_keeps_its_range() 
     assert torch.allclose(kept, img, atol=1e-2)
 
 
+def test_saturation_zero_renders_along_the_first_color_only() -> None:
+    """With ``saturation`` 0 the two color-difference channels have no effect (the gained color
+    matrix is singular; it raised before): every spectrum renders to RGB logits along the first
+    column of the color matrix, and a start encoded from any image renders so too."""
+    cfg = ImageParameterization(kind="fourier", saturation=0.0)
+    p = P.FourierParam(smooth_image(16), cfg)
+    g = torch.Generator().manual_seed(0)
+    for data in (p.data, torch.randn(p.data.shape, generator=g)):
+        img = p.render(data).double()
+        logits = torch.logit(img / 255.0)  # (1, 3, H, W)
+        along = P.COLOR_MATRIX[:, 0][None, :, None, None] * logits[:, :1] / P.COLOR_MATRIX[0, 0]
+        assert torch.allclose(logits, along, atol=1e-3)
+    gray = P.FourierParam(flat_gray([127.5], 16), cfg)
+    assert torch.allclose(gray.images(), flat_gray([127.5], 16), atol=1e-3)
+
+
 def test_fourier_render_is_deterministic_and_differentiable() -> None:
     x = smooth_image(16)
     a, b = P.FourierParam(x, FOURIER), P.FourierParam(x, FOURIER)

@@ -134,7 +134,9 @@ class FourierParam:
             gain = torch.tensor([1.0, cfg.saturation, cfg.saturation], dtype=torch.float64)
             color = color * gain[None, :] * cfg.contrast
         self.color = color.to(dev, torch.float32)
-        self.color_inv = torch.linalg.inv(color).to(dev, torch.float32)
+        # saturation 0 leaves no color to encode: the least-squares inverse (pinv) drops it
+        inv = torch.linalg.pinv if cfg.saturation == 0.0 else torch.linalg.inv
+        self.color_inv = inv(color).to(dev, torch.float32)
         self.data = self.encode(images)
 
     def render(self, data: torch.Tensor) -> torch.Tensor:
