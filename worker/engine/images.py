@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -62,6 +63,11 @@ def encode_png(x: torch.Tensor) -> bytes:
 def decode_image(data: bytes) -> torch.Tensor:
     """Decode PNG/JPEG/WebP bytes to a float image (3, H, W) in pixel space 0..255."""
     with Image.open(io.BytesIO(data)) as im:
+        if im.mode == "I" or im.mode.startswith("I;16"):
+            # 16-bit grayscale (PNG): Pillow's convert("RGB") clips at 255 instead of scaling
+            wide = torch.from_numpy(np.asarray(im).astype(np.float64))
+            gray = torch.round(wide / 257.0).clamp_(0.0, 255.0).float()
+            return gray[None].repeat(3, 1, 1)
         rgb = im.convert("RGB")
         t = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
         return t.reshape(rgb.height, rgb.width, 3).permute(2, 0, 1).float()
