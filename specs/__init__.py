@@ -422,6 +422,46 @@ class EntropySettings(_Frozen):
     stride2: int = Field(default=2, ge=1, le=128)
 
 
+MAX_ENTROPY_ELEMENTS = 2**24
+"""Pair codes the entropy maps of one image may sort: ``H'·W'·window²`` for the first map plus
+``h'·w'·window2²`` for the second (0.7 M at 224 px with the default windows, 4 M at 512 px;
+about 150 ns each on 2 CPU threads)."""
+
+
+def entropy_map_sides(side: int, e: EntropySettings) -> tuple[int, int]:
+    """The sides of the first and second entropy maps of a ``side`` × ``side`` image (0 where a
+    window does not fit)."""
+    first = (side - e.window) // e.stride + 1 if e.window <= side else 0
+    second = (first - e.window2) // e.stride2 + 1 if 0 < e.window2 <= first else 0
+    return first, second
+
+
+def entropy_elements(side: int, e: EntropySettings) -> int:
+    """What the entropy maps of one image sort (see :data:`MAX_ENTROPY_ELEMENTS`)."""
+    first, second = entropy_map_sides(side, e)
+    return first * first * e.window**2 + second * second * e.window2**2
+
+
+def entropy_problem(side: int, e: EntropySettings) -> str | None:
+    """Why the entropy maps cannot be made for a ``side`` px image with ``e``, or ``None``."""
+    first, second = entropy_map_sides(side, e)
+    if first == 0:
+        return f"entropy.window ({e.window}) must be at most the image's side ({side} px)"
+    if second == 0:
+        return (
+            f"entropy.window2 ({e.window2}) must be at most the first entropy map's side "
+            f"({first} cells: ({side} - window {e.window}) // stride {e.stride} + 1); use a "
+            "smaller window2, window or stride"
+        )
+    n = entropy_elements(side, e)
+    if n > MAX_ENTROPY_ELEMENTS:
+        return (
+            f"the entropy maps of one {side} px image would sort {n} values, more than "
+            f"{MAX_ENTROPY_ELEMENTS}; use a larger stride or a smaller window"
+        )
+    return None
+
+
 class SweepSpec(OptimizeSpec):
     """``POST /entropy-sweep``: one target from many initial gray levels, as one batch."""
 
@@ -431,6 +471,15 @@ class SweepSpec(OptimizeSpec):
         default_factory=lambda: list(DEFAULT_GRAY_LEVELS), min_length=1, max_length=256
     )
     entropy: EntropySettings = Field(default_factory=EntropySettings)
+
+    @field_validator("entropy")
+    @classmethod
+    def _entropy_fits(cls, v: EntropySettings, info: ValidationInfo) -> EntropySettings:
+        size = info.data.get("size")
+        problem = entropy_problem(size, v) if isinstance(size, int) else None
+        if problem is not None:  # the API checks it again with the model's size
+            raise ValueError(problem)
+        return v
 
     @field_validator("gray_levels")
     @classmethod

@@ -9,10 +9,27 @@ import pytest
 from pydantic import ValidationError
 
 from core.settings import Settings
-from specs import MAX_STEP_PIXELS, OptimizeSpec, SweepSpec, VisualizeSpec
+from specs import (
+    MAX_ENTROPY_ELEMENTS,
+    MAX_STEP_PIXELS,
+    EntropySettings,
+    OptimizeSpec,
+    SweepSpec,
+    VisualizeSpec,
+    entropy_elements,
+    entropy_problem,
+)
 from specs.atlas import AtlasSpec, class_count
 from specs.classify import ClassifySpec, ScreenSpec
-from specs.cost import biggest_factors, check_step, estimate, image_passes, rounds
+from specs.cost import (
+    ENTROPY_VALUES_PER_PASS,
+    biggest_factors,
+    check_entropy,
+    check_step,
+    estimate,
+    image_passes,
+    rounds,
+)
 from specs.kinds import KINDS
 from specs.models import CompareSpec, ValidateModelSpec
 
@@ -56,6 +73,7 @@ def test_sweep_by_hand() -> None:
         schedule=[{"op": "rotate", "value": 10, "repeat": 3}],
         optimizer={"max_steps_per_round": 5, "max_total_steps": 12},
         tests={"rotations": [0, 90], "scales": []}, augment={"views": 2},
+        entropy={"window": 8, "stride": 4, "window2": 2, "stride2": 1},
     )  # fmt: skip
     assert rounds(spec) == 3
     # Rounds: 12 steps in all (budget) × 2 views: forward (12 + 3) × 2 + 3 rounds × 2 tests,
@@ -64,8 +82,43 @@ def test_sweep_by_hand() -> None:
     assert per_image == image_passes(spec) == 103
     cost = estimate("sweep", spec, SIZES)
     assert cost.passes == 2 * 103
-    assert cost.pixel_passes == 2 * 103 * 32 * 32  # size overrides the model's 299
+    # Entropy maps: 7 × 7 windows of 8² values, then 6 × 6 windows of 2² cells; 3 a pixel-pass.
+    assert entropy_elements(32, spec.entropy) == 7 * 7 * 64 + 6 * 6 * 4 == 3280
+    maps = -(-3280 // ENTROPY_VALUES_PER_PASS)
+    assert cost.pixel_passes == 2 * (103 * 32 * 32 + maps)  # size overrides the model's 299
     assert cost.largest_pass_pixels == 2 * 32 * 32
+
+
+@pytest.mark.parametrize(
+    ("side", "entropy", "message"),
+    [
+        (64, {"window": 128}, "entropy.window (128) must be at most the image's side (64 px)"),
+        (40, {}, "entropy.window2 (8) must be at most the first entropy map's side (7 cells"),
+        (64, {"window2": 64}, "entropy.window2 (64) must be at most the first entropy map's"),
+        (512, {"window": 32, "stride": 1}, "would sort 240508480 values"),
+    ],
+)
+def test_entropy_windows_that_do_not_fit_the_image_are_refused(
+    side: int, entropy: dict[str, int], message: str
+) -> None:
+    """Refused before the job is queued (they failed after the whole optimization), with the
+    spec's ``size`` and, left out, with the model's input size."""
+    e = EntropySettings(**entropy)
+    problem = entropy_problem(side, e)
+    assert problem is not None and message in problem
+    with pytest.raises(ValidationError, match="entropy"):
+        SweepSpec(target=1, size=side, entropy=entropy)
+    spec = SweepSpec(model="m", target=1, entropy=entropy)
+    assert check_entropy(spec, {"m": side}) == problem
+    assert check_entropy(VisualizeSpec(targets=[1]), SIZES) is None
+
+
+def test_the_default_and_the_largest_sizes_fit_the_default_windows() -> None:
+    for side in (44, 64, 224, 299, 512):
+        assert entropy_problem(side, EntropySettings()) is None
+    assert entropy_problem(43, EntropySettings()) is not None  # a 7-cell first map
+    assert entropy_elements(224, EntropySettings()) == 53 * 53 * 256 + 23 * 23 * 64
+    assert entropy_elements(512, EntropySettings()) <= MAX_ENTROPY_ELEMENTS
 
 
 def test_classify_and_screen_are_one_pass_per_image_and_model() -> None:

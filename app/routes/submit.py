@@ -23,7 +23,7 @@ from app.webhooks import check_webhook
 from core.queue import RUN_JOB_TASK, queue_key
 from core.store import IdempotencyConflict, body_hash
 from specs import SweepSpec, VisualizeSpec
-from specs.cost import biggest_factors, check_step, estimate
+from specs.cost import biggest_factors, check_entropy, check_step, estimate
 from specs.models import CompareSpec
 
 log = logging.getLogger("tivis.api")
@@ -54,14 +54,21 @@ async def require_catalog(services: Services) -> Catalog:
 def check_cost(
     services: Services, kind: KindDef, spec: BaseModel, catalog: Catalog
 ) -> dict[str, int]:
-    """The job's estimated cost (``specs.cost``), or a 422 when one step is too large or the
-    whole job costs more than ``TIVIS_MAX_JOB_COST``, naming the fields to reduce."""
+    """The job's estimated cost (``specs.cost``), or a 422 when one step is too large, a sweep's
+    entropy windows do not fit its images, or the whole job costs more than
+    ``TIVIS_MAX_JOB_COST``, naming the fields to reduce."""
     sizes = catalog.input_sizes()
     step = check_step(spec, sizes)
     if step is not None:
         raise Problem(
             422, "validation", f"invalid request: augment.views: {step}",
             title="Request validation failed", errors=[{"field": "augment.views", "message": step}],
+        )  # fmt: skip
+    maps = check_entropy(spec, sizes)
+    if maps is not None:
+        raise Problem(
+            422, "validation", f"invalid request: entropy: {maps}",
+            title="Request validation failed", errors=[{"field": "entropy", "message": maps}],
         )  # fmt: skip
     cost = estimate(kind.kind, spec, sizes)
     limit = services.settings.max_job_cost

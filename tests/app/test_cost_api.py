@@ -147,3 +147,24 @@ def test_readme_examples_pass_the_default_limit(api: Api) -> None:
         r = api.c.post(path, json=body)
         assert r.status_code == 202, (path, body, r.text)
         assert r.json()["cost"]["pixel_passes"] <= api.settings.max_job_cost
+
+
+def test_entropy_windows_are_checked_with_the_models_input_size(api: Api) -> None:
+    """A window larger than the model's 224 px, a second window larger than the first map, or
+    maps that would sort too much: 422 on ``entropy`` before anything is queued (the job used
+    to fail after the whole optimization)."""
+    for entropy, says in (
+        ({"window": 128, "stride": 1}, "would sort"),
+        ({"window": 128, "window2": 64}, "entropy.window2 (64)"),
+    ):
+        body = {"model": "efficientnet_lite0", "target": 1, "entropy": entropy}
+        p = problem(api.c.post("/entropy-sweep", json=body))
+        assert p["errors"] == [{"field": "entropy", "message": p["errors"][0]["message"]}]
+        assert says in p["errors"][0]["message"] and "224" in p["errors"][0]["message"]
+    body = {"model": "efficientnet_lite0", "target": 1, "size": 64, "entropy": {"window": 128}}
+    p = problem(api.c.post("/entropy-sweep", json=body))
+    assert p["errors"][0]["field"] == "entropy"
+    assert "entropy.window (128) must be at most the image's side (64 px)" in str(p["errors"])
+    assert api.nothing_queued()
+    ok = api.c.post("/entropy-sweep", json={"model": "efficientnet_lite0", "target": 1})
+    assert ok.status_code == 202, ok.text

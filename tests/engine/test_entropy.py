@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
-from specs import EntropySettings
+from specs import EntropySettings, SweepSpec
+from worker.engine import entropy as E
 from worker.engine.entropy import (
     EntropyReport,
     best_gray,
@@ -19,6 +21,9 @@ from worker.engine.entropy import (
     second_order_map,
     second_order_total,
 )
+from worker.engine.models import Registry
+from worker.jobs.base import JobContext
+from worker.jobs.sweep import run_sweep
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
@@ -209,6 +214,18 @@ def test_entropy_map_equals_slow_reference() -> None:
     torch.testing.assert_close(m, ref, rtol=0, atol=1e-12)
 
 
+def test_sorting_in_chunks_gives_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The windows are sorted in chunks of ``ROW_CHUNK_VALUES`` values (bounded memory): chunks
+    of one or a few rows give exactly the map of one sort."""
+    gen = torch.Generator().manual_seed(2)
+    g = torch.randint(0, 256, (3, 21, 18), generator=gen)
+    whole, images = entropy_map(g, window=6, stride=3), entropy2d(g)
+    for chunk in (36, 100, 1):  # one 6 × 6 window per chunk, a few, one value (still a row)
+        monkeypatch.setattr(E, "ROW_CHUNK_VALUES", chunk)
+        assert torch.equal(entropy_map(g, window=6, stride=3), whole)
+        assert torch.equal(entropy2d(g), images)  # whole images: one row each
+
+
 def test_entropy_map_takes_j_from_the_full_image() -> None:
     # One window covering the whole image is the image's own 2D entropy.
     g = _checkerboard()
@@ -311,3 +328,19 @@ def test_entropy_map_is_the_same_on_cuda() -> None:
     cpu = entropy_map(g, 16, 4)
     gpu = entropy_map(g.cuda(), 16, 4)
     assert torch.equal(cpu, gpu.cpu())
+
+
+def test_a_sweep_whose_windows_do_not_fit_the_model_fails_before_optimizing(
+    models_dir: Path,
+) -> None:
+    """With ``size`` left out the spec cannot check the windows; the worker does, at the
+    model's input size (tiny: 64 px, a first map of 13 cells), before any step."""
+    steps: list[tuple[int, int, int, float]] = []
+    ctx = JobContext(
+        Registry(models_dir=models_dir), device="cpu",
+        progress=lambda r, n, s, q: steps.append((r, n, s, q)),
+    )  # fmt: skip
+    spec = SweepSpec(model="tiny", target=9, entropy={"window2": 64})
+    with pytest.raises(ValueError, match=r"entropy.window2 \(64\) .* \(13 cells"):
+        run_sweep(spec, ctx)
+    assert steps == []

@@ -135,6 +135,10 @@ def _pair_codes(gray: torch.Tensor) -> torch.Tensor:
     return gray.to(torch.int64) * _LEVELS + neighbor_mean(gray)
 
 
+ROW_CHUNK_VALUES = 2**22
+"""Values sorted at once by ``_row_entropy`` (about 25 bytes each in its buffers: ~100 MB)."""
+
+
 def _row_entropy(codes: torch.Tensor) -> torch.Tensor:
     """Shannon entropy in bits of the values in each row of ``codes`` (R, n) -> (R,) float64.
 
@@ -145,6 +149,9 @@ def _row_entropy(codes: torch.Tensor) -> torch.Tensor:
     deterministic on every device, and a row of one value gives exactly 0.
     """
     r, n = codes.shape
+    rows = max(1, ROW_CHUNK_VALUES // max(1, n))
+    if r > rows:  # rows are independent: chunks bound the memory, not the results
+        return torch.cat([_row_entropy(c) for c in torch.split(codes, rows)])
     # Pair codes are < 2**16: sorting them as int32 halves the largest buffer.
     s = torch.sort(codes.to(torch.int32), dim=1).values  # (R, n)
     end = torch.ones_like(s, dtype=torch.bool)
@@ -192,7 +199,8 @@ def entropy_map(gray: torch.Tensor, window: int = 16, stride: int = 4) -> torch.
     """Local 2D entropy: the 2D entropy of every ``window × window`` patch (Figure 3, row c).
 
     ``j`` (the 3×3 neighborhood mean) is taken from the full image, then the image is cut into
-    windows with the given stride. All windows are computed in one batched sort.
+    windows with the given stride. The windows of one image are sorted together (in chunks of
+    ``ROW_CHUNK_VALUES``), so the memory is bounded whatever the batch.
 
     Args:
         gray: gray images (B, H, W), integer 0..255.
@@ -208,8 +216,9 @@ def entropy_map(gray: torch.Tensor, window: int = 16, stride: int = 4) -> torch.
     codes = _pair_codes(gray).to(torch.int32)  # (B, H, W); codes < 2**16
     patches = codes.unfold(1, window, stride).unfold(2, window, stride)  # (B, H', W', k, k)
     hh, ww = patches.shape[1], patches.shape[2]
-    rows = patches.reshape(b * hh * ww, window * window)
-    return _row_entropy(rows).reshape(b, hh, ww)
+    # one image at a time: its windows are copied out of the (overlapping) view to be sorted
+    per = [_row_entropy(p.reshape(hh * ww, window * window)) for p in patches]
+    return torch.stack(per).reshape(b, hh, ww)
 
 
 def second_order_map(

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from specs import SweepSpec
+from specs import SweepSpec, entropy_problem
 from worker.engine import optimize as O
 from worker.engine.images import flat_gray
 from worker.jobs.base import Artifact, JobContext, JobOutput, resolve_device
@@ -22,6 +22,9 @@ def run_sweep(spec: SweepSpec, ctx: JobContext) -> JobOutput:
     target = model.info.resolve_target(spec.target)
     label = model.info.labels[target]
     size = spec.size or model.info.input_size
+    problem = entropy_problem(size, spec.entropy)  # the API checks it too: fail before the work
+    if problem is not None:
+        raise ValueError(problem)
     levels = list(spec.gray_levels)
     initial = flat_gray(levels, size, device=dev)
     tg = torch.full((len(levels),), target, device=dev, dtype=torch.long)
