@@ -508,38 +508,42 @@ class AsyncJobStore(_Base):
         with ``owner``, only the jobs whose record names that owner."""
         want_status = set(status or ())
         want_kind = set(kind or ())
-        hi: str = "+inf"
-        after: tuple[float, str] | None = None
-        if cursor:
-            after = decode_cursor(cursor)
-            hi = repr(after[0])
+        # Keyset paging: ``pos`` is the last row passed, and each fetch starts again at its score
+        # (never at an offset, which the expired rows this scan drops would shift). The rows at
+        # that score up to ``pos`` (``ties``, in index order: id descending) come back first and
+        # are passed over.
+        pos: tuple[float, str] | None = decode_cursor(cursor) if cursor else None
         out: list[dict[str, Any]] = []
         scanned = 0
         batch = max(limit * 2, 50)
-        offset = 0
+        ties = 0
         while len(out) < limit and scanned < max_scan:
+            num = batch + ties
             rows = cast(
                 list[tuple[bytes, float]],
                 await self.r.zrevrangebyscore(
-                    self.keys.index, hi, "-inf", start=offset, num=batch, withscores=True
+                    self.keys.index, repr(pos[0]) if pos else "+inf", "-inf",
+                    start=0, num=num, withscores=True,
                 ),
-            )
-            if not rows:
-                return out, None
-            offset += len(rows)
+            )  # fmt: skip
             ids = []
             for member, score in rows:
                 jid = _s(member) or ""
-                if after is not None and score == after[0] and jid >= after[1]:
-                    continue
-                ids.append((jid, float(score)))
-            scanned += len(rows)
+                if pos is None or score < pos[0] or jid < pos[1]:
+                    ids.append((jid, float(score)))
+            if not ids:
+                if len(rows) < num:
+                    return out, None
+                ties += batch  # more rows share pos's score than one fetch holds
+                continue
+            scanned += len(ids)
             pipe = self.r.pipeline(transaction=False)
             for jid, _ in ids:
                 pipe.hgetall(self.keys.job(jid))
             raws = await pipe.execute()
             gone = []
             for (jid, score), raw in zip(ids, raws, strict=True):
+                pos = (score, jid)
                 rec = decode_record(raw)
                 if rec is None:
                     gone.append(jid)
@@ -556,8 +560,9 @@ class AsyncJobStore(_Base):
                     break
             if gone:
                 await self.r.zrem(self.keys.index, *gone)
-            if len(rows) < batch:
+            if len(rows) < num:
                 break
+            ties = sum(1 for _, score in rows if score == rows[-1][1])  # pos is rows[-1]
         if len(out) == limit:
             last = out[-1]
             return out, encode_cursor(last["_score"], last["id"])

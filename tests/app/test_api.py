@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +21,7 @@ from app.main import create_app
 from core.artifacts import store_from_settings, write_all
 from core.queue import queue_key
 from core.settings import Settings
-from core.store import JobStore
+from core.store import _CREATE, JobStore
 
 TINY_LABELS = [f"class {i}" for i in range(9)] + ["soccer ball"]
 
@@ -45,6 +47,23 @@ class Api:
 
     def job_count(self) -> int:
         return int(self.store.r.zcard(self.store.keys.index))
+
+    def write_jobs(
+        self, kind: str, n: int, extra: dict[str, str] | None = None, at: float | None = None
+    ) -> list[str]:
+        """``n`` queued records of ``kind``, oldest first (created now, or all at time ``at``),
+        written by the Lua step the API's create runs (no broker message), one pipeline for all:
+        many jobs without many POSTs."""
+        create = self.store.r.register_script(_CREATE)
+        pipe = self.store.r.pipeline(transaction=False)
+        tag = uuid.uuid4().hex[:6]
+        ids = [f"{kind}-{tag}-{i:05d}" for i in range(n)]  # a tie in score: newer id first
+        spec = {"model": "tiny", "targets": [9]}
+        for job_id in ids:
+            keys, args = self.store._create_args(job_id, kind, spec, None, at or time.time(), extra)
+            create(keys=keys, args=args, client=pipe)
+        pipe.execute()
+        return ids
 
 
 def _catalog() -> dict[str, Any]:
@@ -327,6 +346,33 @@ def test_list_pagination_and_filters(api: Api) -> None:
     assert_problem(api.c.get("/jobs", params={"status": "bogus"}), 422)
     assert_problem(api.c.get("/jobs", params={"limit": 0}), 422)
     assert_problem(api.c.get("/jobs", params={"cursor": "!!"}), 422)
+
+
+def test_list_skips_nothing_when_it_prunes_expired_records(api: Api) -> None:
+    """Records that expired under the index are dropped from it during the scan; the rows
+    after them are still listed (the scan used to page on by offset past the removed rows)."""
+    sweeps = api.write_jobs("sweep", 50)
+    visualize = api.write_jobs("visualize", 100)
+    api.store.r.delete(*[api.store.keys.job(j) for j in visualize[-30:]])
+    page = api.c.get("/jobs", params={"kind": "sweep", "limit": 50}).json()
+    assert [j["id"] for j in page["items"]] == sweeps[::-1]
+    assert api.job_count() == 120
+
+
+def test_list_pages_through_jobs_of_the_same_instant(api: Api) -> None:
+    """More jobs at one index score than a fetch holds (ties are ordered by id): each is
+    listed once, in order, whichever of them a cursor points at."""
+    ids = api.write_jobs("visualize", 120, at=1_700_000_000.5)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 7, **({"cursor": cursor} if cursor else {})}
+        page = api.c.get("/jobs", params=params).json()
+        seen += [j["id"] for j in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == ids[::-1]
 
 
 # -- models, health, metrics -------------------------------------------------------------------
