@@ -505,7 +505,12 @@ class AsyncJobStore(_Base):
         owner: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Newest first; ``(records, next cursor or None)``. Expired records are dropped;
-        with ``owner``, only the jobs whose record names that owner."""
+        with ``owner``, only the jobs whose record names that owner.
+
+        A call reads at most ``max_scan`` index rows. When that budget runs out before
+        ``limit`` records matched, the page is short (maybe empty) and its cursor goes on after
+        the last row read, so following the cursors reaches every job; the cursor is ``None``
+        only once the index is read to its end."""
         want_status = set(status or ())
         want_kind = set(kind or ())
         # Keyset paging: ``pos`` is the last row passed, and each fetch starts again at its score
@@ -517,6 +522,7 @@ class AsyncJobStore(_Base):
         scanned = 0
         batch = max(limit * 2, 50)
         ties = 0
+        at_end = False
         while len(out) < limit and scanned < max_scan:
             num = batch + ties
             rows = cast(
@@ -561,12 +567,15 @@ class AsyncJobStore(_Base):
             if gone:
                 await self.r.zrem(self.keys.index, *gone)
             if len(rows) < num:
+                at_end = True
                 break
             ties = sum(1 for _, score in rows if score == rows[-1][1])  # pos is rows[-1]
         if len(out) == limit:
             last = out[-1]
             return out, encode_cursor(last["_score"], last["id"])
-        return out, None
+        if at_end or pos is None:
+            return out, None
+        return out, encode_cursor(*pos)  # the budget ran out: on after the last row read
 
     async def artifact(self, job_id: str, name: str) -> dict[str, Any] | None:
         """The published pointer of artifact ``name`` (``{key, media_type, size, etag}``)."""

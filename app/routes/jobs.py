@@ -48,7 +48,8 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> dict[str, Any]:
-    """Jobs, newest first, with cursor pagination (``next_cursor`` is null on the last page)."""
+    """Jobs, newest first, with cursor pagination: ``next_cursor`` is null on the last page; a
+    page that stopped at the store's scan budget may be short, even empty, with a cursor."""
     try:
         recs, nxt = await services.store.list_jobs(
             limit=limit, cursor=cursor, status=status, kind=kind, owner=principal.scope

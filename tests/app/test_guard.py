@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from integration.harness import wait_for
 from test_api import Api, assert_problem, make_api, submit
 
+from app.guard import key_owner
 from app.main import create_app
 from core.settings import Settings
 
@@ -107,6 +108,17 @@ def test_jobs_are_scoped_to_the_key_that_made_them(keyed: Api) -> None:
     assert c.get(f"/jobs/{job_a}", headers=ADMIN).status_code == 200
     assert c.post(f"/jobs/{job_b}/cancel", headers=ADMIN).status_code == 200
     assert c.get(f"/jobs/{job_a}/artifacts/a.png", headers=A).status_code == 200
+
+
+def test_listing_goes_on_past_the_scan_budget(keyed: Api) -> None:
+    """A page stops after scanning 5,000 index rows; when that leaves it short (here: empty),
+    its next_cursor goes on after the last row scanned, so following it reaches every job."""
+    mine = submit(keyed, BODY, "/visualize", **A).json()["id"]
+    keyed.write_jobs("visualize", 5000, {"owner": key_owner(b"k-two")})
+    first = keyed.c.get("/jobs", headers=A).json()
+    assert first["items"] == [] and first["next_cursor"]
+    second = keyed.c.get("/jobs", params={"cursor": first["next_cursor"]}, headers=A).json()
+    assert [j["id"] for j in second["items"]] == [mine] and second["next_cursor"] is None
 
 
 def test_idempotency_keys_are_scoped_to_the_api_key(keyed: Api) -> None:
