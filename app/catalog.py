@@ -1,7 +1,7 @@
 """What the workers can run, as they published it into Redis: model names and class labels.
 
 The API validates model and class names against this before queueing, without torch. Name
-resolution mirrors the engine's ``ModelInfo.resolve_target`` (index, digit string or
+resolution mirrors the engine's ``ModelInfo.resolve_target`` (index, ASCII digit string or
 case-insensitive name), and unknown names get the closest names (difflib).
 """
 
@@ -11,6 +11,8 @@ import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from specs import class_index
 
 
 class UnknownName(ValueError):
@@ -32,13 +34,13 @@ class ModelEntry:
     def resolve(self, target: int | str, field: str) -> int:
         """The class index of ``target`` or :class:`UnknownName`."""
         n = len(self.labels)
-        if isinstance(target, int) and not isinstance(target, bool):
-            if 0 <= target < n:
-                return target
-            raise UnknownName(field, f"class index {target} is out of range 0..{n - 1}", [])
         text = str(target).strip()
-        if text.isdigit():
-            return self.resolve(int(text), field)
+        try:
+            index = class_index(target if not isinstance(target, bool) else text, n)
+        except ValueError as exc:
+            raise UnknownName(field, str(exc), []) from exc
+        if index is not None:
+            return index
         key = text.lower()
         try:
             return self.lowered.index(key)

@@ -7,6 +7,7 @@ every result echoes the spec it ran with (``model_dump()``).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -51,6 +52,34 @@ Target = Annotated[
     StrictInt | StrictStr,
     Field(description="class index or case-insensitive class name (true/false are neither)"),
 ]
+
+
+INDEX_RE = re.compile(r"\s*[0-9]+\s*")
+"""A class index written as text: ASCII digits only (``"²".isdigit()`` is true, yet ``int``
+refuses it; ``"٣"`` is a name, not 3)."""
+MAX_INDEX_DIGITS = 9
+"""Digits a class index may have, leading zeros aside: no model has a billion classes."""
+
+
+def class_index(target: int | str, n: int) -> int | None:
+    """The index ``target`` names among ``n`` classes: an int, or a string of ASCII digits
+    (:data:`INDEX_RE`); ``None`` for any other string (a class name).
+
+    Raises:
+        ValueError: the index is not in ``0..n-1``; a string of more than
+            :data:`MAX_INDEX_DIGITS` digits is said so without converting it.
+    """
+    if isinstance(target, str):
+        if not INDEX_RE.fullmatch(target):
+            return None
+        digits = target.strip().lstrip("0") or "0"
+        if len(digits) > MAX_INDEX_DIGITS:
+            shown = f"{digits[:MAX_INDEX_DIGITS]}... ({len(digits)} digits)"
+            raise ValueError(f"class index {shown} is out of range 0..{n - 1}")
+        target = int(digits)
+    if not 0 <= target < n:
+        raise ValueError(f"class index {target} is out of range 0..{n - 1}")
+    return target
 
 
 class Operation(_Frozen):

@@ -13,11 +13,19 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from specs import DEFAULT_MODEL, PRESETS, OptimizeSpec, RandomViews, Target, VisualizeSpec
+from specs import (
+    DEFAULT_MODEL,
+    PRESETS,
+    OptimizeSpec,
+    RandomViews,
+    Target,
+    VisualizeSpec,
+    class_index,
+)
 
 MAX_ATLAS_CLASSES = 10_000
 MAX_CHUNK = 64
-_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+_RANGE = re.compile(r"^\s*([0-9]{1,9})\s*-\s*([0-9]{1,9})\s*$")
 
 
 def _items(classes: str | Sequence[Target]) -> list[Target]:
@@ -97,26 +105,20 @@ def resolve_classes(
                 bad.append((pos, f"range {item!r} goes past the last class {n - 1}"))
                 continue
             found.update(range(a, b + 1))
-        elif isinstance(item, str) and item.strip().isdigit():
-            idx = int(item)
-            if idx >= n:
-                bad.append((pos, f"class index {idx} is out of range 0..{n - 1}"))
-            else:
-                found.add(idx)
-        elif isinstance(item, int):
-            if item >= n:
-                bad.append((pos, f"class index {item} is out of range 0..{n - 1}"))
-            else:
-                found.add(item)
-        elif resolve is not None:
-            try:
-                found.add(int(resolve(item, pos)))
-            except ValueError as exc:
-                bad.append((pos, str(exc)))
-        elif item.lower() in lower:
-            found.add(lower[item.lower()])
-        else:
+            continue
+        try:
+            idx = class_index(item, n)  # ASCII digits only: "²" is a name
+            if idx is None and resolve is not None:
+                idx = int(resolve(item, pos))
+        except ValueError as exc:
+            bad.append((pos, str(exc)))
+            continue
+        if idx is None:
+            idx = lower.get(str(item).lower())
+        if idx is None:
             bad.append((pos, f"no class {item!r}"))
+        else:
+            found.add(idx)
     if len(found) > MAX_ATLAS_CLASSES:
         bad.append((0, f"at most {MAX_ATLAS_CLASSES} classes, got {len(found)}"))
     return sorted(found), bad

@@ -31,6 +31,7 @@ NAME_PATTERN = r"^[a-z][a-z0-9_.-]{0,62}$"
 REF_PATTERN = r"^[a-z][a-z0-9_.-]{0,62}@[1-9][0-9]{0,8}$"
 NAME_RE = re.compile(NAME_PATTERN)
 REF_RE = re.compile(REF_PATTERN)
+VERSION_RE = re.compile(r"[0-9]{1,9}")
 MAX_LABELS = 100_000
 IMAGENET_CLASSES = 1000
 
@@ -48,9 +49,10 @@ FILE_NAMES: dict[ModelFormat, str] = {fmt: f"model{ext}" for ext, fmt in EXTENSI
 
 
 def split_ref(name: str) -> tuple[str, int | None]:
-    """``"net@2"`` -> ``("net", 2)``; ``"net"`` -> ``("net", None)``."""
+    """``"net@2"`` -> ``("net", 2)``; ``"net"`` -> ``("net", None)``; a version that is not
+    1 to 9 ASCII digits (``"net@²"``) is no version: ``("net@²", None)``, a name nothing has."""
     base, sep, version = name.partition("@")
-    if sep and version.isdigit():
+    if sep and VERSION_RE.fullmatch(version):
         return base, int(version)
     return name, None
 

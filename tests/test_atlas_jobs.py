@@ -43,6 +43,9 @@ def test_classes_lists_ranges_and_names_in_class_order_once() -> None:
     assert resolve_classes(spec, TINY_LABELS)[0] == [3, 5, 6]
     _, bad = resolve_classes(AtlasSpec(classes=[12, "0-20", "nope"]), TINY_LABELS)
     assert [pos for pos, _ in bad] == [0, 1, 2]
+    # "²".isdigit() is true and int() refuses it; 5,000 digits are no index either
+    _, bad = resolve_classes(AtlasSpec(classes=["²", "1" * 5000, "007"]), TINY_LABELS)
+    assert [pos for pos, _ in bad] == [0, 1] and "out of range" in bad[1][1]
 
 
 @pytest.mark.parametrize("classes", ["", [], "5-2", [-1], [" "]])

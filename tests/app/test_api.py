@@ -173,6 +173,23 @@ def test_unknown_class_suggests_and_queues_nothing(api: Api) -> None:
     assert api.job_count() == 0 and api.queued_messages() == 0
 
 
+@pytest.mark.parametrize("text", ["²", "1" * 5000])
+def test_a_digit_like_class_is_a_422_not_a_500(api: Api, text: str) -> None:
+    """``"²".isdigit()`` is true and ``int("²")`` fails, as does ``int()`` of 5,000 digits."""
+    for path, body, field in [
+        ("/visualize", {"model": "tiny", "targets": [1, text]}, "targets[1]"),
+        ("/entropy-sweep", {"model": "tiny", "target": text}, "target"),
+        ("/compare", {"models": ["tiny", "efficientnet_lite0"], "targets": [text]}, "targets[0]"),
+        ("/atlas", {"model": "tiny", "classes": [1, text]}, "classes[1]"),
+        ("/atlas", {"model": "tiny", "classes": f"0-2, {text}"}, "classes[1]"),
+    ]:
+        p = assert_problem(submit(api, body, path), 422)
+        assert field in [e["field"] for e in p["errors"]], (path, p)
+    assert api.job_count() == 0 and api.queued_messages() == 0
+    # ASCII digits still name a class, leading zeros and all
+    assert submit(api, {"model": "tiny", "targets": ["0" * 30 + "9"]}).status_code == 202
+
+
 def test_accepted_job_is_stored_and_queued(api: Api) -> None:
     r = submit(api, {"model": "tiny", "targets": ["Soccer Ball", 3]})
     assert r.status_code == 202, r.text
@@ -384,6 +401,13 @@ def test_models_and_classes(api: Api) -> None:
     assert len(api.c.get("/models/tiny/classes").json()["items"]) == 10
     p = assert_problem(api.c.get("/models/tinyy/classes"), 404)
     assert "tiny" in p["suggestions"]
+
+
+@pytest.mark.parametrize("name", ["a@²", "tiny@²", "tiny@" + "1" * 5000])
+def test_a_malformed_model_version_is_a_404(api: Api, name: str) -> None:
+    for method in ("GET", "DELETE"):
+        p = assert_problem(api.c.request(method, f"/models/{name}"), 404)
+        assert p["type"].endswith("model-not-found")
 
 
 def test_health_ready_and_metrics(api: Api) -> None:
