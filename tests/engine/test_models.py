@@ -50,6 +50,9 @@ def test_targets_by_index_or_case_insensitive_name() -> None:
     assert "closest" in str(err.value)
     with pytest.raises(UnknownClass, match="out of range"):
         info.resolve_target(1000)
+    for text in ("²", "1" * 5000):  # "²".isdigit(), yet int() refuses it; and 5,000 digits
+        with pytest.raises(UnknownClass):
+            info.resolve_target(text)
 
 
 def test_unknown_model_lists_closest_names() -> None:

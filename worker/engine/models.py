@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from specs import modelstore
+from specs import class_index, modelstore
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -142,8 +142,12 @@ class ModelInfo:
                 target, f"class index {target} is out of range 0..{self.num_classes - 1}", []
             )
         text = str(target).strip()
-        if text.isdigit():
-            return self.resolve_target(int(text))
+        try:
+            index = class_index(text, self.num_classes)  # ASCII digits only: "²" is a name
+        except ValueError as exc:
+            raise UnknownClass(target, str(exc), []) from exc
+        if index is not None:
+            return index
         lowered = [label.lower() for label in self.labels]
         key = text.lower()
         if key in lowered:
