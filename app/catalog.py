@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from specs import class_index
@@ -31,8 +32,14 @@ class ModelEntry:
     labels: tuple[str, ...]
     lowered: tuple[str, ...]
 
-    def resolve(self, target: int | str, field: str) -> int:
-        """The class index of ``target`` or :class:`UnknownName`."""
+    @cached_property
+    def by_name(self) -> dict[str, int]:
+        """Lower-case label -> its (first) class index."""
+        return {lb: i for i, lb in reversed(list(enumerate(self.lowered)))}
+
+    def resolve(self, target: int | str, field: str, *, suggest: bool = True) -> int:
+        """The class index of ``target`` or :class:`UnknownName`, with the closest names when
+        ``suggest`` (a search of every label: skip it for all but the first few unknowns)."""
         n = len(self.labels)
         text = str(target).strip()
         try:
@@ -42,10 +49,10 @@ class ModelEntry:
         if index is not None:
             return index
         key = text.lower()
-        try:
-            return self.lowered.index(key)
-        except ValueError:
-            pass
+        if key in self.by_name:
+            return self.by_name[key]
+        if not suggest:
+            raise UnknownName(field, f"{self.name} has no class {text!r}", [])
         close = difflib.get_close_matches(key, self.lowered, n=5, cutoff=0.5)
         contains = [lb for lb in self.lowered if key in lb and lb not in close]
         suggestions = [self.labels[self.lowered.index(c)] for c in (close + contains)[:5]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Response
 
 from app.catalog import UnknownName
@@ -19,6 +20,11 @@ from core.chunks import atlas_entries
 from specs.atlas import AtlasSpec, chunk_count, resolve_classes
 
 router = APIRouter(tags=["atlas"])
+
+MAX_ERRORS = 20
+"""Entries naming no class that a 422 lists; the rest are counted in its detail."""
+MAX_SUGGESTED = 5
+"""Unknown names that get the closest class names (each a search of every label)."""
 
 
 @router.post("/atlas", status_code=202, response_model=JobAccepted, summary=KINDS["atlas"].summary)
@@ -43,14 +49,27 @@ async def post_atlas(
             suggestions=exc.suggestions,
         ) from exc  # fmt: skip
 
-    def resolve(item: int | str, pos: int) -> int:
-        return entry.resolve(item, f"classes[{pos}]")
+    unknown = 0
 
-    classes, bad = resolve_classes(spec, entry.labels, resolve)
+    def resolve(item: int | str, pos: int) -> int:
+        nonlocal unknown
+        try:
+            return entry.resolve(item, f"classes[{pos}]", suggest=unknown < MAX_SUGGESTED)
+        except UnknownName:
+            unknown += 1
+            raise
+
+    # up to 10,000 entries against up to 100,000 labels: in a thread, not on the event loop
+    classes, bad = await anyio.to_thread.run_sync(resolve_classes, spec, entry.labels, resolve)
     if bad:
+        shown = bad[:MAX_ERRORS]
+        more = len(bad) - len(shown)
+        detail = "; ".join(m for _, m in shown)
+        if more:
+            detail += f"; and {more} more not listed"
         raise Problem(
-            422, "unknown-name", "; ".join(m for _, m in bad), title="Unknown model or class",
-            errors=[{"field": f"classes[{pos}]", "message": m} for pos, m in bad],
+            422, "unknown-name", detail, title="Unknown model or class",
+            errors=[{"field": f"classes[{pos}]", "message": m} for pos, m in shown],
         )  # fmt: skip
     resolved = spec.model_copy(update={"classes": classes})  # the cost of what will run
     cost = check_cost(services, KINDS["atlas"], resolved, catalog)

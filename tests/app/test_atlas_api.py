@@ -52,6 +52,17 @@ def test_bad_atlas_requests_name_the_field(api: Api, body: dict[str, Any], field
     assert api.queued_messages() == 0
 
 
+def test_many_unknown_classes_are_a_short_422(api: Api) -> None:
+    """Every entry is checked, but a 422 lists the first few unknown ones (close names for
+    the first of them only: each is a search of every label) and counts the rest."""
+    names = [f"clas{i}" for i in range(2000)]  # each close to "class 0".."class 9"
+    p = assert_problem(api.c.post("/atlas", json={"model": "tiny", "classes": names}), 422)
+    assert [e["field"] for e in p["errors"]] == [f"classes[{i}]" for i in range(20)]
+    assert sum("closest" in e["message"] for e in p["errors"]) == 5
+    assert p["detail"].endswith("; and 1980 more not listed")
+    assert api.queued_messages() == 0
+
+
 def test_partial_atlas_is_readable_as_chunks_publish(api: Api) -> None:
     job_id = api.c.post("/atlas", json={"model": "tiny", "classes": "0-3", "chunk_size": 2}).json()[
         "id"
