@@ -2,9 +2,10 @@
 
 :class:`Guard` is a plain ASGI middleware, so the key is checked before the body is read or
 validated (401 before 413 or 422), compared as bytes in constant time (a non-ASCII key is just
-a wrong key); a body that is not ``multipart/form-data`` (those have their own, larger limits in
-:mod:`app.uploads`) may hold at most ``TIVIS_MAX_JSON_BYTES`` (413, from its Content-Length
-before a byte is read, or as it streams in), and every body must arrive within
+a wrong key); a body may hold at most ``TIVIS_MAX_JSON_BYTES`` (413, from its Content-Length
+before a byte is read, or as it streams in), whatever its content type, except a
+``multipart/form-data`` body sent to one of the :data:`UPLOAD_ROUTES` (those have their own,
+larger limits in :mod:`app.uploads` and :mod:`app.modelupload`); every body must arrive within
 ``TIVIS_BODY_TIMEOUT_SECONDS`` plus its size at :data:`MIN_BODY_RATE` (408). The
 caller it lets in is a :class:`Principal`: the hash of its key (never the key) scopes the jobs it
 may see, cancel and replay; an admin key (``TIVIS_ADMIN_KEYS``) sees every job.
@@ -37,6 +38,10 @@ OPEN_PATHS = frozenset(
     {"/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 )
 """Paths served without a key (with ``/static/...``): health checks, the page, the docs."""
+
+
+UPLOAD_ROUTES = frozenset({("POST", "/classify"), ("POST", "/screen"), ("POST", "/models")})
+"""``(method, path)`` of the routes that read a ``multipart/form-data`` body themselves."""
 
 
 def key_owner(key: bytes) -> str:
@@ -152,7 +157,8 @@ class Guard:
             if key is not None and key in self.admin:
                 principal = Principal(None, admin=True)
         scope[PRINCIPAL] = principal
-        limit = None if _is_multipart(scope["headers"]) else self.max_json
+        upload = (scope["method"], path) in UPLOAD_ROUTES and _is_multipart(scope["headers"])
+        limit = None if upload else self.max_json
         declared = _content_length(scope["headers"])
         if limit is not None and declared is not None and declared > limit:
             response = problem_response(Request(scope), 413, "body-too-large", _too_large(limit))

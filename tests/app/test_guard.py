@@ -205,6 +205,28 @@ def test_a_json_body_over_the_limit_is_a_413(redis_server: Any) -> None:
         assert submit(api).status_code == 202
 
 
+def test_a_multipart_label_does_not_lift_the_json_limit(redis_server: Any) -> None:
+    """Only the upload routes take multipart bodies past TIVIS_MAX_JSON_BYTES (with limits of
+    their own); elsewhere the label changes nothing: a declared length over the limit is a
+    413 before a byte is read, and a body without one is cut at the limit."""
+    multipart = {"content-type": "multipart/form-data; boundary=zzz"}
+    part = b'--zzz\r\nContent-Disposition: form-data; name="f"; filename="a.bin"\r\n\r\n'
+    body = part + b"x" * 8000 + b"\r\n--zzz--\r\n"
+    for api in make_api(redis_server, max_json_bytes=4096):
+        for path in ("/visualize", "/entropy-sweep", "/compare", "/atlas"):
+            declared = {**multipart, "content-length": str(256 * 2**20)}
+            p = assert_problem(api.c.post(path, content=b"x" * 100, headers=declared), 413)
+            assert "4096" in p["detail"], path
+            streamed = api.c.post(path, content=iter([body]), headers=multipart)  # chunked
+            assert "4096" in assert_problem(streamed, 413)["detail"], path
+        # the upload routes still read a multipart body past the JSON limit (then refuse it
+        # for what it holds, not for its size)
+        for path in ("/classify", "/screen", "/models"):
+            r = api.c.post(path, content=body, headers=multipart)
+            assert assert_problem(r, 422)["errors"][0]["field"] == "f", path  # an unknown part
+        assert api.job_count() == 0
+
+
 # -- errors say nothing of their cause -------------------------------------------------------
 def test_a_500_names_an_error_id_not_the_exception(
     redis_server: Any, caplog: pytest.LogCaptureFixture
