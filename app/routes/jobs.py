@@ -157,6 +157,7 @@ async def job_events(job_id: JobId, services: ServicesDep, principal: PrincipalD
     return EventStream(stream(), sub)
 
 
+@router.head("/{job_id}/artifacts/{name}", response_class=Response, include_in_schema=False)
 @router.get(
     "/{job_id}/artifacts/{name}",
     response_class=Response,
@@ -172,7 +173,7 @@ async def get_artifact(
 ) -> Response:
     """An artifact with its media type (PNG images, JSON reports), streamed from the artifact
     store with ``ETag``, ``Content-Length`` and ``Range`` support (206). An atlas's class images
-    can be read as soon as their chunk finished."""
+    can be read as soon as their chunk finished. ``HEAD`` gives the same headers, no body."""
     rec = await _job(services, principal, job_id)
     ptr = await services.store.artifact(job_id, name)
     if ptr is None:

@@ -292,6 +292,26 @@ def test_artifact_downloads_stream_with_etag_length_and_ranges(api: Api) -> None
     assert_problem(api.c.get(url), 404)
 
 
+def test_head_of_an_artifact_is_its_get_without_the_body(api: Api) -> None:
+    job_id = submit(api).json()["id"]
+    api.store.start(job_id, 3)
+    api.stage(job_id, 1, [("a.png", b"\x89PNG" + bytes(1000)), ("r.json", b'{"a": 1}')])
+    listing = [{"name": "a.png", "media_type": "image/png", "size": 1004},
+               {"name": "r.json", "media_type": "application/json", "size": 8}]  # fmt: skip
+    assert api.store.finish(job_id, 1, "succeeded", {"result": {}, "artifacts": listing})
+    for name in ("a.png", "r.json"):
+        url = f"/jobs/{job_id}/artifacts/{name}"
+        got, head = api.c.get(url), api.c.head(url)
+        assert head.status_code == got.status_code == 200, head.text
+        assert head.content == b"" and got.content
+        for h in ("content-type", "content-length", "etag", "accept-ranges", "cache-control"):
+            assert head.headers[h] == got.headers[h], h
+        part = api.c.head(url, headers={"Range": "bytes=0-3"})
+        assert part.status_code == 206 and part.headers["content-length"] == "4"
+        assert part.content == b""
+    assert api.c.head(f"/jobs/{job_id}/artifacts/nope.png").status_code == 404
+
+
 # -- auth --------------------------------------------------------------------------------------
 def test_auth_off_by_default(api: Api) -> None:
     assert api.c.get("/models").status_code == 200
