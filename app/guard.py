@@ -89,7 +89,7 @@ def _is_multipart(headers: list[tuple[bytes, bytes]]) -> bool:
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     for name, value in headers:
         if name.lower() == b"content-length":
-            return int(value) if value.isdigit() else None
+            return int(value) if value.isascii() and value.isdigit() else None
     return None
 
 

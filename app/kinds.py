@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from app.catalog import Catalog, UnknownName
 from specs.kinds import KINDS, KindDef
 
-__all__ = ["KINDS", "KindDef", "check_names", "summary"]
+__all__ = ["KINDS", "MAX_SUGGESTED", "KindDef", "check_names", "summary"]
 
 
 def _models(spec: BaseModel) -> list[tuple[str, str]]:
@@ -40,6 +40,11 @@ def _targets(spec: BaseModel) -> list[tuple[str, int | str]]:
     return [("target", target)] if isinstance(target, int | str) else []
 
 
+MAX_SUGGESTED = 5
+"""Unknown names that get the closest names: a model may have 100,000 labels, a request 64
+targets for each of 4 models."""
+
+
 def check_names(spec: BaseModel, catalog: Catalog) -> list[UnknownName]:
     """Every unknown model and class name of ``spec`` (empty: the spec can run)."""
     problems: list[UnknownName] = []
@@ -50,8 +55,8 @@ def check_names(spec: BaseModel, catalog: Catalog) -> list[UnknownName]:
             problems.append(exc)
             continue
         for tfield, target in _targets(spec):
-            try:
-                entry.resolve(target, tfield)
+            try:  # close names (a search of every label) for the first few unknowns only
+                entry.resolve(target, tfield, suggest=len(problems) < MAX_SUGGESTED)
             except UnknownName as exc:
                 problems.append(exc)
     return problems

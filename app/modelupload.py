@@ -131,7 +131,7 @@ async def read_model_body(request: Request, folder: Path, max_bytes: int) -> Mod
         )
     limit = max_bytes + MAX_METADATA_BYTES + 64 * 1024
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyRejected(
             413,
             f"request body of {declared} bytes is over the limit of {max_bytes} bytes for a "

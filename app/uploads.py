@@ -196,7 +196,7 @@ async def read_body(request: Request, *, max_file_bytes: int, max_files: int) ->
     ctype, options = parse_options_header(request.headers.get("content-type"))
     limit = max_files * (max_file_bytes + 4096) + MAX_SPEC_BYTES
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyRejected(
             413, f"request body of {declared} bytes is over the limit of {limit} bytes", "body"
         )

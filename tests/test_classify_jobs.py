@@ -306,3 +306,16 @@ def test_cli_classify_and_screen(
     assert "extends past the 80×64 image" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["screen", "--image", str(img), "--rect", "1,2,3"])
+
+
+def test_cli_targets_are_indices_only_when_ascii_digits() -> None:
+    """Both command lines read up to 9 ASCII digits as a class index and pass anything else on
+    as a name (``"²".isdigit()`` is true, yet ``int`` refuses it)."""
+    from tivis_client import cli as client_cli
+    from worker import cli
+
+    for read in (cli._target, client_cli._target):
+        assert read("805") == 805 and read(" 7 ") == 7
+        assert read("soccer ball") == "soccer ball"
+        assert read("²") == "²" and read("٣") == "٣"
+        assert read("1" * 5000) == "1" * 5000

@@ -144,7 +144,7 @@ def retry_delay(resp: httpx.Response | None, attempt: int, backoff: float) -> fl
     else exponential."""
     if resp is not None:
         after = resp.headers.get("retry-after")
-        if after and after.isdigit():
+        if after and after.isascii() and after.isdigit():
             return min(float(after), 30.0)
     return float(backoff * (2**attempt))
 

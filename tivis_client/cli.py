@@ -31,7 +31,10 @@ EVENTS = ("succeeded", "failed", "canceled", "progress")
 
 
 def _target(text: str) -> int | str:
-    return int(text) if text.strip().isdigit() else text
+    """A class index when ``text`` is up to 9 ASCII digits, else the text (a class name; the
+    service says what is wrong with it)."""
+    digits = text.strip()
+    return int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 9 else text
 
 
 def _rect(text: str) -> dict[str, int]:

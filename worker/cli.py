@@ -54,6 +54,12 @@ class ProgressBar:
         self.stream.write(f"\rdone in {time.monotonic() - self.start:.1f}s" + " " * 60 + "\n")
 
 
+def _target(text: str) -> int | str:
+    """A class index when ``text`` is up to 9 ASCII digits, else the text (a class name)."""
+    digits = text.strip()
+    return int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 9 else text
+
+
 def _spec_dict(args: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(args.spec) if args.spec else {}
     for key in ("model", "method", "initial_gray", "seed", "size"):
@@ -143,11 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "visualize":
             if args.target:
-                body["targets"] = [int(t) if t.isdigit() else t for t in args.target]
+                body["targets"] = [_target(t) for t in args.target]
             spec: VisualizeSpec | SweepSpec = VisualizeSpec.model_validate(body)
         else:
             if args.target:
-                body["target"] = int(args.target) if args.target.isdigit() else args.target
+                body["target"] = _target(args.target)
             if args.levels:
                 body["gray_levels"] = [int(v) for v in args.levels.split(",")]
             spec = SweepSpec.model_validate(body)
@@ -218,7 +224,7 @@ def _compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.model:
         body["models"] = args.model
     if args.target:
-        body["targets"] = [int(t) if t.isdigit() else t for t in args.target]
+        body["targets"] = [_target(t) for t in args.target]
     for key in ("method", "seed"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Response
 
 from app.catalog import UnknownName
 from app.deps import PrincipalDep, ServicesDep
-from app.kinds import KINDS
+from app.kinds import KINDS, MAX_SUGGESTED
 from app.problems import Problem
 from app.routes.jobs import JobId, _job
 from app.routes.submit import IdemKey, JobAccepted, check_cost, queue_job, require_catalog
@@ -23,8 +23,6 @@ router = APIRouter(tags=["atlas"])
 
 MAX_ERRORS = 20
 """Entries naming no class that a 422 lists; the rest are counted in its detail."""
-MAX_SUGGESTED = 5
-"""Unknown names that get the closest class names (each a search of every label)."""
 
 
 @router.post("/atlas", status_code=202, response_model=JobAccepted, summary=KINDS["atlas"].summary)

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from integration.harness import new_prefix
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.kinds import MAX_SUGGESTED
 from app.main import create_app
 from core.artifacts import store_from_settings, write_all
 from core.queue import queue_key
@@ -150,6 +151,18 @@ def test_sweep_validation_and_malformed_json(api: Api) -> None:
 
 
 # -- names checked before queueing ----------------------------------------------------------
+def test_close_names_for_the_first_few_unknown_classes_only(api: Api) -> None:
+    """Every unknown class is listed; only the first ``MAX_SUGGESTED`` get close names (each a
+    search of every label, and a registered model may have 100,000)."""
+    targets = ["socer ball"] * 12
+    p = assert_problem(submit(api, {"model": "tiny", "targets": targets}), 422)
+    assert [e["field"] for e in p["errors"]] == [f"targets[{i}]" for i in range(12)]
+    with_names = [e for e in p["errors"] if e["suggestions"]]
+    assert len(with_names) == MAX_SUGGESTED
+    assert all("soccer ball" in e["suggestions"] for e in with_names)
+    assert api.job_count() == 0
+
+
 def test_unknown_model_suggests_and_queues_nothing(api: Api) -> None:
     p = assert_problem(submit(api, {"model": "tinny", "targets": ["soccer ball"]}), 422)
     assert "tiny" in p["suggestions"]
