@@ -47,14 +47,13 @@ async def post_atlas(
             suggestions=exc.suggestions,
         ) from exc  # fmt: skip
 
-    unknown = 0
+    suggested: dict[int, list[str]] = {}  # position -> close names, for the first few unknowns
 
     def resolve(item: int | str, pos: int) -> int:
-        nonlocal unknown
         try:
-            return entry.resolve(item, f"classes[{pos}]", suggest=unknown < MAX_SUGGESTED)
-        except UnknownName:
-            unknown += 1
+            return entry.resolve(item, f"classes[{pos}]", suggest=len(suggested) < MAX_SUGGESTED)
+        except UnknownName as exc:
+            suggested[pos] = exc.suggestions
             raise
 
     # up to 10,000 entries against up to 100,000 labels: in a thread, not on the event loop
@@ -65,9 +64,13 @@ async def post_atlas(
         detail = "; ".join(m for _, m in shown)
         if more:
             detail += f"; and {more} more not listed"
+        errors = [
+            {"field": f"classes[{pos}]", "message": m, "suggestions": suggested.get(pos, [])}
+            for pos, m in shown
+        ]
         raise Problem(
             422, "unknown-name", detail, title="Unknown model or class",
-            errors=[{"field": f"classes[{pos}]", "message": m} for pos, m in shown],
+            errors=errors, suggestions=errors[0]["suggestions"],
         )  # fmt: skip
     resolved = spec.model_copy(update={"classes": classes})  # the cost of what will run
     cost = check_cost(services, KINDS["atlas"], resolved, catalog)

@@ -15,6 +15,7 @@ import anyio
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
+from app.catalog import UnknownName
 from app.deps import PrincipalDep, ServicesDep
 from app.guard import Principal
 from app.kinds import KINDS, KindDef
@@ -135,6 +136,15 @@ async def submit_with_images(
         raise _reject(exc.status, exc.message, exc.field) from exc
     spec = _parse_spec(kind, body.spec)
     catalog = await require_catalog(services)
+    for name in spec.models:  # unknown models with the closest names, as the other kinds
+        try:
+            catalog.model(name, "models")
+        except UnknownName as exc:
+            raise Problem(
+                422, "unknown-name", str(exc), title="Unknown model or class",
+                errors=[{"field": "models", "message": str(exc), "suggestions": exc.suggestions}],
+                suggestions=exc.suggestions,
+            ) from exc  # fmt: skip
     uploads = body.uploads
     known = list(catalog.models)
 

@@ -59,6 +59,8 @@ def test_many_unknown_classes_are_a_short_422(api: Api) -> None:
     p = assert_problem(api.c.post("/atlas", json={"model": "tiny", "classes": names}), 422)
     assert [e["field"] for e in p["errors"]] == [f"classes[{i}]" for i in range(20)]
     assert sum("closest" in e["message"] for e in p["errors"]) == 5
+    assert [bool(e["suggestions"]) for e in p["errors"]] == [True] * 5 + [False] * 15
+    assert p["suggestions"] == p["errors"][0]["suggestions"]
     assert p["detail"].endswith("; and 1980 more not listed")
     assert api.queued_messages() == 0
 

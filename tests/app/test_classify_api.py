@@ -114,6 +114,16 @@ def test_bad_request_is_a_problem_and_leaves_nothing(
     assert_nothing_queued(api)
 
 
+def test_an_unknown_model_comes_with_the_closest_names(api: Api) -> None:
+    """As for the other kinds: ``suggestions`` in the problem and in its error."""
+    for path, spec in (("/classify", {"models": ["tinny"]}),
+                       ("/screen", {"model": "tinny", "rectangles": [RECT]})):  # fmt: skip
+        p = assert_problem(post(api, path, [("p.png", photo_png())], spec), 422)
+        assert p["type"].endswith("/unknown-name")
+        assert p["suggestions"] == ["tiny"] and p["errors"][0]["suggestions"] == ["tiny"]
+    assert_nothing_queued(api)
+
+
 def test_oversize_declared_body_is_refused_before_reading(api: Api) -> None:
     body = b"x" * 100
     r = api.c.post(
