@@ -1,15 +1,17 @@
 """Fast recovery of lost jobs: requeue (or cancel) the running jobs of workers that stopped
-beating, long before the broker's visibility timeout would redeliver them.
+beating, or whose pool process died under a live worker (its heartbeat lists its live pool
+processes), long before the broker's visibility timeout would redeliver them.
 
 Every worker's heartbeat thread runs a :class:`Reaper` pass each beat, and every API process
 runs one in a thread (:func:`reap_every`), so jobs are recovered, and canceled orphans end, even
-while no worker is alive. A job is claimed only when
-its worker's heartbeat key (three beats long) was gone on two passes in a row, and the claim is
-one Lua step (``JobStore.reap``) that checks again and pushes the new broker message itself, so
-of many reapers exactly one requeues a job, exactly once. The attempt that died stays counted;
-the next start counts the new one (and fails the job after ``TIVIS_MAX_ATTEMPTS``). A late
-redelivery of the dead worker's old message is skipped by ``start`` while the new attempt runs on
-a live worker, and does nothing once the job has finished.
+while no worker is alive. A job is claimed only when its process was gone on two passes in a row
+(its worker's heartbeat key, three beats long, expired, or a heartbeat taken after the job
+started no longer lists that pool process), and the claim is one Lua step (``JobStore.reap``)
+that checks again and pushes the new broker message itself, so of many reapers exactly one
+requeues a job, exactly once. The attempt that died stays counted; the next start counts the new
+one (and fails the job after ``TIVIS_MAX_ATTEMPTS``). A late redelivery of the dead worker's old
+message is skipped by ``start`` while the new attempt runs on a live process, and does nothing
+once the job has finished.
 """
 
 from __future__ import annotations
@@ -38,11 +40,11 @@ class Reaper:
         """One pass; returns ``(job id, verdict, attempts)`` of the jobs claimed now."""
         try:
             running = self.store.running_jobs()
-            live = self.store.live_workers(set(running.values()))
+            lost = self.store.lost_jobs(running)
         except Exception:
             self.suspects = set()  # a fresh start after Redis trouble: two clean passes again
             raise
-        missing = {(job, w) for job, w in running.items() if w not in live}
+        missing = {(job, w) for job, w in running.items() if job in lost}
         ready, self.suspects = missing & self.suspects, missing - self.suspects
         claimed: list[tuple[str, str, int]] = []
         for job_id, worker in sorted(ready):

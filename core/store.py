@@ -23,7 +23,8 @@ Layout (``P`` = prefix):
 - ``P:catalog``                 hash: model name -> JSON {info, labels, worker, updated}
 - ``P:registrations``           hash: ``name@v`` -> JSON of a model registration (POST /models)
 - ``P:model-versions``          hash: model name -> last version number given out
-- ``P:worker:<name>``           string with a short TTL: a live worker's heartbeat
+- ``P:worker:<name>``           string with a short TTL: a live worker's heartbeat, JSON; its
+  ``pool`` lists the worker's live processes (the pool processes that run jobs) at time ``at``
 - ``P:running``                 hash: job id -> name of the worker running it (for the reaper)
 - ``P:metrics:current``         hash: ``kind|status`` -> number of jobs now queued / running
 - ``P:metrics:total``           hash: ``kind|status`` -> jobs that reached that status
@@ -93,20 +94,47 @@ local function move(cur, tot, kind, from, to, ttl)
 end
 """
 
+# Shared Lua helper: is the process that runs a job still alive? The job's worker (``w``, its
+# main process) must beat, and when its heartbeat lists its pool processes as they were at a
+# time after the job started, that list must hold the job's process (``worker_pid``): a pool
+# process killed under a live main process (the OOM killer) leaves its job to be restarted or
+# reaped. Without a pid or a list (an older worker, another pool), the heartbeat alone counts.
+_ALIVE = """
+local function runner_alive(rec, w, worker_prefix)
+  local beat = redis.call('GET', worker_prefix .. w)
+  if not beat then return false end
+  local pid = tonumber(redis.call('HGET', rec, 'worker_pid') or '')
+  local started = tonumber(redis.call('HGET', rec, 'started_at') or '')
+  if not pid or not started then return true end
+  local ok, info = pcall(cjson.decode, beat)
+  if not ok or type(info) ~= 'table' or type(info.pool) ~= 'table'
+      or type(info.at) ~= 'number' or info.at <= started then
+    return true
+  end
+  for _, p in ipairs(info.pool) do
+    if p == pid then return true end
+  end
+  return false
+end
+"""
+
 # A worker starts (or restarts, after redelivery) a job. A job still running on another worker
-# whose heartbeat lives is left alone (a late redelivery of a message the reaper replaced).
+# whose process lives (``runner_alive``) is left alone (a late redelivery of a message the reaper
+# replaced).
 # KEYS: record, current, total, running; ARGV: now, max_attempts, ttl, worker, worker key
-# prefix, job id. (The heartbeat key of the record's worker is read by name: standalone Redis.)
+# prefix, job id, pid of the process that runs it ('' = unknown). (The heartbeat key of the
+# record's worker is read by name: standalone Redis.)
 # Returns {verdict, status or attempts}: run | skip | busy | canceled | exhausted | missing
 _START = (
     _MOVE
+    + _ALIVE
     + """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return {'missing', ''} end
 if s ~= 'queued' and s ~= 'running' then return {'skip', s} end
 if s == 'running' then
   local w = redis.call('HGET', KEYS[1], 'worker')
-  if w and w ~= '' and w ~= ARGV[4] and redis.call('EXISTS', ARGV[5] .. w) == 1 then
+  if w and w ~= '' and w ~= ARGV[4] and runner_alive(KEYS[1], w, ARGV[5]) then
     return {'busy', w}
   end
 end
@@ -127,7 +155,7 @@ if n > tonumber(ARGV[2]) then
   return {'exhausted', tostring(n - 1)}
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'progress', '',
-  'worker', ARGV[4])
+  'worker', ARGV[4], 'worker_pid', ARGV[7])
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[4], ARGV[6], ARGV[4])
   redis.call('EXPIRE', KEYS[4], ARGV[3])
@@ -167,10 +195,11 @@ return 1
 )
 
 # Cancel. KEYS: record, current, total, running; ARGV: now, ttl, worker key prefix, job id
-# Returns {verdict, status}: canceled (was queued, or its worker stopped beating) | requested
+# Returns {verdict, status}: canceled (was queued, or the process running it is gone) | requested
 # (running) | finished | missing
 _CANCEL = (
     _MOVE
+    + _ALIVE
     + """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return {'missing', ''} end
@@ -182,7 +211,7 @@ if s == 'queued' then
   return {'canceled', 'canceled'}
 end
 local w = redis.call('HGET', KEYS[1], 'worker')
-if w and w ~= '' and redis.call('EXISTS', ARGV[3] .. w) == 0 then
+if w and w ~= '' and not runner_alive(KEYS[1], w, ARGV[3]) then
   redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
   redis.call('HDEL', KEYS[4], ARGV[4])
   move(KEYS[2], KEYS[3], redis.call('HGET', KEYS[1], 'kind'), s, 'canceled', ARGV[2])
@@ -192,21 +221,22 @@ return {'requested', s}
 """
 )
 
-# The reaper claims a job whose worker stopped beating: requeued (a new broker message, pushed
-# here so claim and message are one step) or canceled if cancel was asked. Exactly once: only
-# while the running entry still names that worker and its heartbeat key is gone.
+# The reaper claims a job whose process is gone (its worker stopped beating, or the pool process
+# running it died: ``runner_alive``): requeued (a new broker message, pushed here so claim and
+# message are one step) or canceled if cancel was asked. Exactly once: only while the running
+# entry still names that worker and the job's process is still gone.
 # KEYS: record, current, total, running, queue; ARGV: job id, worker, now, ttl, worker key
 # prefix, message. Returns {verdict, attempts}: requeued | canceled | alive | moved | gone
 _REAP = (
     _MOVE
+    + _ALIVE
     + """
 if redis.call('HGET', KEYS[4], ARGV[1]) ~= ARGV[2] then return {'moved', ''} end
-if redis.call('EXISTS', ARGV[5] .. ARGV[2]) == 1 then return {'alive', ''} end
-redis.call('HDEL', KEYS[4], ARGV[1])
 local s = redis.call('HGET', KEYS[1], 'status')
-if s ~= 'running' or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] then
-  return {'gone', s or ''}
-end
+local mine = s == 'running' and redis.call('HGET', KEYS[1], 'worker') == ARGV[2]
+if mine and runner_alive(KEYS[1], ARGV[2], ARGV[5]) then return {'alive', ''} end
+redis.call('HDEL', KEYS[4], ARGV[1])
+if not mine then return {'gone', s or ''} end
 local kind = redis.call('HGET', KEYS[1], 'kind')
 local n = redis.call('HGET', KEYS[1], 'attempts') or '0'
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
@@ -222,6 +252,20 @@ return {'requeued', n}
 """
 )
 
+
+# Which running jobs have lost their process (``runner_alive``)? KEYS: the job records;
+# ARGV: worker key prefix, then the worker named for each record in ``P:running``.
+# Returns the positions (1-based) of the lost ones.
+_LOST = (
+    _ALIVE
+    + """
+local out = {}
+for i, rec in ipairs(KEYS) do
+  if not runner_alive(rec, ARGV[i + 1], ARGV[1]) then out[#out + 1] = i end
+end
+return out
+"""
+)
 
 # Admit one more queued job of an API key (``TIVIS_MAX_QUEUED_PER_KEY``) and reserve its place.
 # KEYS: the key's set of queued job ids; ARGV: job key prefix, limit, job id, score, ttl.
@@ -646,22 +690,25 @@ class JobStore(_Base):
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
         self._reap = client.register_script(_REAP)
+        self._lost = client.register_script(_LOST)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         return decode_record(cast(dict[bytes, bytes], self.r.hgetall(self.keys.job(job_id))))
 
-    def start(self, job_id: str, max_attempts: int, worker: str = "") -> tuple[str, str]:
-        """Begin an attempt on ``worker`` (its heartbeat name): ``("run", attempt)`` or why not
-        (skip, busy, canceled, exhausted, missing). Partial artifacts of earlier attempts are
-        deleted."""
+    def start(
+        self, job_id: str, max_attempts: int, worker: str = "", pid: int | None = None
+    ) -> tuple[str, str]:
+        """Begin an attempt on ``worker`` (its heartbeat name) in its process ``pid`` (the pool
+        process that runs the job; the worker's heartbeat lists its live ones):
+        ``("run", attempt)`` or why not (skip, busy, canceled, exhausted, missing). Partial
+        artifacts of earlier attempts are deleted."""
         k = self.keys
-        res = cast(
-            list[Any],
-            self._start(
-                keys=[k.job(job_id), k.current, k.total, k.running],
-                args=[repr(time.time()), max_attempts, self.ttl, worker, k.worker_prefix, job_id],
-            ),
-        )
+        runner = "" if pid is None else str(pid)
+        args: list[str | int] = [
+            repr(time.time()), max_attempts, self.ttl, worker, k.worker_prefix, job_id, runner
+        ]  # fmt: skip
+        keys = [k.job(job_id), k.current, k.total, k.running]
+        res = cast(list[Any], self._start(keys=keys, args=args))
         verdict, info = _s(res[0]) or "", _s(res[1]) or ""
         if verdict == "run":
             stale = [k.staging(job_id, n) for n in range(1, int(info) + 1)]
@@ -803,10 +850,21 @@ class JobStore(_Base):
             pipe.exists(self.keys.worker(n))
         return {n for n, e in zip(ns, pipe.execute(), strict=True) if e}
 
+    def lost_jobs(self, running: Mapping[str, str]) -> set[str]:
+        """Those of ``running`` (job id -> its worker) whose process is gone: the worker stopped
+        beating, or its heartbeat no longer lists the pool process that ran the job."""
+        jobs = sorted(running)
+        if not jobs:
+            return set()
+        keys = [self.keys.job(j) for j in jobs]
+        args = [self.keys.worker_prefix, *(running[j] for j in jobs)]
+        lost = cast(list[int], self._lost(keys=keys, args=args))
+        return {jobs[int(i) - 1] for i in lost}
+
     def reap(self, job_id: str, worker: str, queue: str, message: str) -> tuple[str, int]:
-        """Claim job ``job_id`` of the lost ``worker``: requeue it (``message`` pushed to the
-        broker list ``queue`` in the same step) or cancel it if cancel was asked. Returns
-        ``(verdict, attempts so far)``; see ``_REAP``."""
+        """Claim job ``job_id`` of the lost ``worker`` (or of its dead pool process): requeue it
+        (``message`` pushed to the broker list ``queue`` in the same step) or cancel it if
+        cancel was asked. Returns ``(verdict, attempts so far)``; see ``_REAP``."""
         k = self.keys
         res = cast(
             list[Any],

@@ -33,6 +33,7 @@ app = Celery("tivis", include=["worker.tasks", "worker.atlas_tasks"])
 app.conf.update(celery_config(settings))
 log = logging.getLogger("tivis.worker")
 _worker_name: str | None = None
+_controller: Any = None  # the WorkController (its pool runs the jobs)
 
 
 def worker_name() -> str:
@@ -44,9 +45,29 @@ def worker_name() -> str:
 @signals.worker_init.connect  # type: ignore[untyped-decorator]
 def _init(sender: Any = None, **_: Any) -> None:
     """Before the pool forks: name this worker once, for the heartbeat and the job records."""
-    global _worker_name
+    global _worker_name, _controller
     host = getattr(sender, "hostname", None) or socket.gethostname()
     _worker_name = f"{host}:{os.getpid()}"
+    _controller = sender
+
+
+def pool_processes() -> list[int] | None:
+    """The live pool processes of this worker (prefork: the processes that run the jobs), as
+    its heartbeat publishes them; ``None`` when the pool does not tell (another pool kind)."""
+    try:
+        pids = [int(p) for p in _controller.pool.info["processes"]]
+    except Exception:
+        return None
+    live = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            pass
+        live.append(pid)
+    return live
 
 
 @signals.setup_logging.connect  # type: ignore[untyped-decorator]
@@ -78,8 +99,9 @@ def expire_artifacts() -> int:
 
 class Heartbeat:
     """Publishes the catalog, then refreshes ``P:worker:<name>`` every ``heartbeat_seconds``
-    (the key lives three beats) and the catalog every minute, until stopped; after each beat a
-    reaper pass (requeue the jobs of lost workers)."""
+    (the key lives three beats; it lists the live pool processes) and the catalog every minute,
+    until stopped; after each beat a reaper pass (requeue the jobs of lost workers and of dead
+    pool processes)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -97,13 +119,19 @@ class Heartbeat:
         self.models = sorted(entries)
 
     def beat(self) -> None:
-        info = {
+        # the time first, then the pool: a job started before ``at`` whose process is not
+        # listed has lost it (``runner_alive`` in ``core.store``)
+        at = time.time()
+        pool = pool_processes()
+        info: dict[str, Any] = {
             "name": self.name,
             "pid": os.getpid(),
             "models": self.models,
             "device": settings.device,
-            "at": time.time(),
+            "at": at,
         }
+        if pool is not None:
+            info["pool"] = pool
         self.store.heartbeat(self.name, info, ttl=3 * settings.heartbeat_seconds)
 
     def _run(self) -> None:

@@ -157,7 +157,7 @@ def clean_up(st: _State, job_id: str, token: str, *, published: bool) -> None:
 def run_job(job_id: str) -> str:
     """Run one attempt of job ``job_id``; returns its final status (or why it did not run)."""
     st = state()
-    verdict, info = st.store.start(job_id, st.settings.max_attempts, worker_name())
+    verdict, info = st.store.start(job_id, st.settings.max_attempts, worker_name(), os.getpid())
     ctx = {"job_id": job_id}
     if verdict != "run":
         log.info("job not run", extra={**ctx, "verdict": verdict, "info": info})

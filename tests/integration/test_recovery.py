@@ -6,6 +6,7 @@ in process; polling with deadlines, never sleeps."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aredis
 from fastapi.testclient import TestClient
 from integration.harness import Worker, new_prefix, wait_for
 from integration.test_service import LONG, QUICK, SLOW, Service, start_service
@@ -22,7 +24,7 @@ from integration.test_service import LONG, QUICK, SLOW, Service, start_service
 from app.main import create_app
 from core.queue import queue_key
 from core.reaper import Reaper
-from core.store import JobStore
+from core.store import AsyncJobStore, JobStore
 
 pytestmark = pytest.mark.integration
 
@@ -92,6 +94,68 @@ def test_a_worker_restarting_its_own_job_is_not_busy(store: JobStore) -> None:
     store.heartbeat("w1", {}, ttl=60)
     store.start("j3", 3, "w1")
     assert store.start("j3", 3, "w1") == ("run", "2")
+
+
+def _beat(store: JobStore, name: str, pool: list[int]) -> None:
+    """A heartbeat of worker ``name`` as its main process writes it: its live pool processes,
+    listed now."""
+    store.heartbeat(name, {"name": name, "pool": pool, "at": time.time()}, ttl=60)
+
+
+def test_a_job_whose_pool_process_died_is_restarted_by_another_worker(store: JobStore) -> None:
+    """A pool process killed (the OOM killer) under a live main process: its message goes to
+    another worker, which restarts the job once the first worker's heartbeat, taken after the
+    job started, no longer lists that process; while it is listed, the job is busy."""
+    _queued(store, "j5")
+    _beat(store, "w1", [101])
+    assert store.start("j5", 3, "w1", pid=101) == ("run", "1")
+    assert store.start("j5", 3, "w2", pid=201) == ("busy", "w1")  # a beat older than the start
+    _beat(store, "w1", [101])
+    assert store.start("j5", 3, "w2", pid=201) == ("busy", "w1")
+    assert store.lost_jobs(store.running_jobs()) == set()
+    _beat(store, "w1", [102])  # the pool replaced the killed process; the worker beats on
+    assert store.lost_jobs(store.running_jobs()) == {"j5"}
+    assert store.start("j5", 3, "w2", pid=201) == ("run", "2")
+    rec = store.get("j5")
+    assert rec is not None and rec["worker"] == "w2" and rec["worker_pid"] == "201"
+    assert store.running_jobs() == {"j5": "w2"}
+    assert store.finish("j5", 2, "succeeded", {}) and store.running_jobs() == {}
+
+
+def test_reaper_claims_the_job_of_a_dead_pool_process(store: JobStore) -> None:
+    _queued(store, "j6")
+    _beat(store, "w1", [101])
+    store.start("j6", 3, "w1", pid=101)
+    reaper = Reaper(store, q(store), lambda job: f"msg-{job}")
+    _beat(store, "w1", [101])
+    assert reaper.sweep() == [] and reaper.sweep() == []  # its process lives
+    assert store.reap("j6", "w1", q(store), "M") == ("alive", 0)
+    _beat(store, "w1", [102])
+    assert reaper.sweep() == []  # gone once: a suspect only
+    assert reaper.sweep() == [("j6", "requeued", 1)]
+    rec = store.get("j6")
+    assert rec is not None and rec["status"] == "queued" and rec["attempts"] == 1
+    assert store.r.lrange(q(store), 0, -1) == [b"msg-j6"] and store.running_jobs() == {}
+
+
+def test_cancel_of_a_job_whose_pool_process_died_ends_at_once(
+    store: JobStore, redis_server: Any
+) -> None:
+    _queued(store, "j7")
+    _beat(store, "w1", [101])
+    store.start("j7", 3, "w1", pid=101)
+
+    async def cancel() -> tuple[str, str]:
+        client = aredis.Redis(unix_socket_path=str(redis_server.socket))
+        try:
+            return await AsyncJobStore(client, store.keys.prefix, 3600).cancel("j7")
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(cancel()) == ("requested", "running")  # its process lives: it reads it
+    _beat(store, "w1", [102])
+    assert asyncio.run(cancel()) == ("canceled", "canceled")
+    assert store.running_jobs() == {}
 
 
 def test_reaper_claims_only_after_two_passes(store: JobStore) -> None:
@@ -221,3 +285,43 @@ def test_cancel_asked_before_the_worker_died_ends_canceled(lost: dict[str, Any])
     job = svc.wait_status(job_id, {"succeeded", "failed", "canceled"}, 60)
     assert job["status"] == "canceled" and job["attempts"] == 1
     assert svc.store.running_jobs() == {}
+
+
+@pytest.fixture
+def pair(redis_server: Any, models_dir: Path, tmp_path: Path) -> Iterator[Service]:
+    """The service with two workers."""
+    settings, store, env = start_service(redis_server, tmp_path, models_dir)
+    workers = [Worker(env, tmp_path / "w1.log"), Worker(env, tmp_path / "w2.log")]
+    try:
+        for w in workers:
+            w.wait_ready(store.r, settings.key_prefix, timeout=180 * SLOW)
+        with TestClient(create_app(settings)) as client:
+            yield Service(client, store, workers)
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def test_sigkill_pool_process_under_a_live_worker_job_finishes(pair: Service) -> None:
+    """The OOM killer takes the pool process running a job while its worker's main process lives
+    and beats on: Celery requeues the message (reject on worker lost) and the other worker takes
+    it. The job is restarted (at once, or by the reaper once the first worker's heartbeat no
+    longer lists the dead process) and succeeds; it is not left running."""
+    svc, store = pair, pair.store
+    job_id = svc.submit({**QUICK, "targets": ["soccer ball", 2]})
+    wait_for(lambda: svc.job(job_id)["progress"], 120 * SLOW, "attempt 1 to run", 0.01)
+    rec = store.get(job_id)
+    assert rec is not None
+    first = next(w for w in svc.workers if rec["worker"].endswith(f":{w.proc.pid}"))
+    pid = first.proc.pid
+    (child,) = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    killed_at = time.monotonic()
+    os.kill(child, signal.SIGKILL)
+    job = svc.wait_status(job_id, {"succeeded", "failed", "canceled"}, 120)
+    print(f"finished {time.monotonic() - killed_at:.1f} s after the kill")
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempts"] == 2
+    assert first.proc.poll() is None  # only the pool process died
+    rec = store.get(job_id)
+    assert rec is not None and rec["worker_pid"] != str(child)
+    assert store.running_jobs() == {} and store.staging_keys(job_id) == []
