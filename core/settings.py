@@ -23,7 +23,12 @@ class Settings(BaseSettings):
         "(redis://, rediss:// or unix:///path/to/socket)",
     )
     key_prefix: str = Field(default="tivis", description="prefix of every Redis key")
-    ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, description="TTL of every Redis key")
+    ttl_seconds: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        description="TTL of every Redis key (renewed as a job starts and ends); above "
+        "TIVIS_HARD_TIME_LIMIT",
+    )
 
     # API
     api_keys: str = Field(default="", description="comma-separated API keys; empty: no auth")
@@ -168,6 +173,11 @@ class Settings(BaseSettings):
     def _limits_in_order(self) -> Settings:
         if self.soft_time_limit >= self.hard_time_limit:
             raise ValueError("TIVIS_SOFT_TIME_LIMIT must be below TIVIS_HARD_TIME_LIMIT")
+        if self.ttl_seconds <= self.hard_time_limit:
+            raise ValueError(
+                f"TIVIS_TTL_SECONDS ({self.ttl_seconds}) must exceed TIVIS_HARD_TIME_LIMIT "
+                f"({self.hard_time_limit}), or a job's record could expire while it runs"
+            )
         if self.effective_visibility_timeout <= self.hard_time_limit:
             raise ValueError(
                 "TIVIS_VISIBILITY_TIMEOUT must exceed TIVIS_HARD_TIME_LIMIT, or a running job "

@@ -3,7 +3,9 @@
 The one place that knows the Redis keys. Torch-free and FastAPI-free: the API uses
 :class:`AsyncJobStore`, the worker :class:`JobStore`; both run the same Lua scripts, so every
 status change is atomic (a queued job canceled while a worker picks it up ends in exactly one
-state). Every key lives under ``<prefix>:`` and carries a TTL.
+state). Every key lives under ``<prefix>:`` and carries a TTL; a job's record, uploads and
+artifact pointers get theirs anew whenever the job starts and when it ends, so a job outlives its
+run (``TIVIS_TTL_SECONDS`` exceeds the hard time limit), and no write re-creates an expired record.
 
 Layout (``P`` = prefix):
 
@@ -121,9 +123,10 @@ end
 # A worker starts (or restarts, after redelivery) a job. A job still running on another worker
 # whose process lives (``runner_alive``) is left alone (a late redelivery of a message the reaper
 # replaced).
-# KEYS: record, current, total, running; ARGV: now, max_attempts, ttl, worker, worker key
-# prefix, job id, pid of the process that runs it ('' = unknown). (The heartbeat key of the
-# record's worker is read by name: standalone Redis.)
+# KEYS: record, current, total, running, uploads, artifacts; ARGV: now, max_attempts, ttl,
+# worker, worker key prefix, job id, pid of the process that runs it ('' = unknown). (The
+# heartbeat key of the record's worker is read by name: standalone Redis.) The record, its
+# uploads and artifact pointers get their TTL anew.
 # Returns {verdict, status or attempts}: run | skip | busy | canceled | exhausted | missing
 _START = (
     _MOVE
@@ -140,6 +143,7 @@ if s == 'running' then
 end
 local kind = redis.call('HGET', KEYS[1], 'kind')
 redis.call('HDEL', KEYS[4], ARGV[6])
+for _, key in ipairs({KEYS[1], KEYS[5], KEYS[6]}) do redis.call('EXPIRE', key, ARGV[3]) end
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
   redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
   move(KEYS[2], KEYS[3], kind, s, 'canceled', ARGV[3])
@@ -165,9 +169,10 @@ return {'run', tostring(n)}
 """
 )
 
-# A worker finishes attempt n: only if the record is still running that attempt.
-# KEYS: record, current, total, staging, final, running; ARGV: attempt, status, ttl, now,
-# field/value...
+# A worker finishes attempt n: only if the record is still running that attempt. The record,
+# its artifact pointers and uploads get their TTL anew.
+# KEYS: record, current, total, staging, final, running, uploads; ARGV: attempt, status, ttl,
+# now, field/value...
 _FINISH = (
     _MOVE
     + """
@@ -187,12 +192,22 @@ end
 local fields = {'status', ARGV[2], 'finished_at', ARGV[4]}
 for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
+for _, key in ipairs({KEYS[1], KEYS[5], KEYS[7]}) do redis.call('EXPIRE', key, ARGV[3]) end
 local kind = redis.call('HGET', KEYS[1], 'kind')
 redis.call('HDEL', KEYS[6], redis.call('HGET', KEYS[1], 'id'))
 move(KEYS[2], KEYS[3], kind, s, ARGV[2], ARGV[3])
 return 1
 """
 )
+
+# A worker reports progress: written only while the record exists (a record that expired is not
+# re-created). KEYS: record; ARGV: progress JSON. Returns {cancel_requested, status, attempts}
+# (all nil for a missing record).
+_PROGRESS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+return redis.call('HMGET', KEYS[1], 'cancel_requested', 'status', 'attempts')
+"""
 
 # Cancel. KEYS: record, current, total, running; ARGV: now, ttl, worker key prefix, job id
 # Returns {verdict, status}: canceled (was queued, or the process running it is gone) | requested
@@ -691,6 +706,7 @@ class JobStore(_Base):
         self._finish = client.register_script(_FINISH)
         self._reap = client.register_script(_REAP)
         self._lost = client.register_script(_LOST)
+        self._progress = client.register_script(_PROGRESS)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         return decode_record(cast(dict[bytes, bytes], self.r.hgetall(self.keys.job(job_id))))
@@ -707,7 +723,8 @@ class JobStore(_Base):
         args: list[str | int] = [
             repr(time.time()), max_attempts, self.ttl, worker, k.worker_prefix, job_id, runner
         ]  # fmt: skip
-        keys = [k.job(job_id), k.current, k.total, k.running]
+        keys = [k.job(job_id), k.current, k.total, k.running, k.uploads(job_id),
+                k.artifacts(job_id)]  # fmt: skip
         res = cast(list[Any], self._start(keys=keys, args=args))
         verdict, info = _s(res[0]) or "", _s(res[1]) or ""
         if verdict == "run":
@@ -718,12 +735,15 @@ class JobStore(_Base):
     def progress(
         self, job_id: str, progress: Mapping[str, Any], attempt: int | None = None
     ) -> bool:
-        """Write progress; returns whether to stop: a cancel was requested, or (given
-        ``attempt``) that attempt is no longer the job's running one (the reaper requeued it)."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hset(self.keys.job(job_id), "progress", json.dumps(progress))
-        pipe.hmget(self.keys.job(job_id), ["cancel_requested", "status", "attempts"])
-        _, (flag, status, attempts) = pipe.execute()
+        """Write progress; returns whether to stop: a cancel was requested, the record is gone
+        (expired; it is not re-created), or (given ``attempt``) that attempt is no longer the
+        job's running one (the reaper requeued it)."""
+        res = cast(
+            list[Any], self._progress(keys=[self.keys.job(job_id)], args=[json.dumps(progress)])
+        )
+        if not res:
+            return True
+        flag, status, attempts = res
         if attempt is not None and (_s(status) != "running" or _s(attempts) != str(attempt)):
             return True
         return _s(flag) == "1"
@@ -760,6 +780,7 @@ class JobStore(_Base):
                 k.staging(job_id, attempt),
                 k.artifacts(job_id),
                 k.running,
+                k.uploads(job_id),
             ],
             args=[str(attempt), status, self.ttl, repr(time.time()), *_flatten(fields)],
         )
