@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -14,7 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Every knob of the service; each field reads ``TIVIS_<NAME>`` (e.g. ``TIVIS_REDIS_URL``)."""
 
-    model_config = SettingsConfigDict(env_prefix="TIVIS_", extra="ignore")
+    # allow_inf_nan=False: no float setting takes inf or nan (a wait, a sleep or a Redis expiry
+    # of inf fails only when it is used)
+    model_config = SettingsConfigDict(env_prefix="TIVIS_", extra="ignore", allow_inf_nan=False)
 
     # Redis and keys
     redis_url: str = Field(
@@ -83,8 +87,12 @@ class Settings(BaseSettings):
         default=None, description="broker redelivery after this many seconds; default hard + 60"
     )
     max_attempts: int = Field(default=3, ge=1, description="deliveries before a job is failed")
-    heartbeat_seconds: float = Field(default=5.0, gt=0.0)
-    cancel_check_seconds: float = Field(default=0.25, gt=0.0)
+    heartbeat_seconds: float = Field(
+        default=5.0, ge=0.01, le=3600.0, description="worker heartbeat (and reaper pass) period"
+    )
+    cancel_check_seconds: float = Field(
+        default=0.25, ge=0.01, le=3600.0, description="how often a job writes progress"
+    )
 
     max_job_cost: int = Field(
         default=50_000_000_000,
@@ -112,7 +120,10 @@ class Settings(BaseSettings):
         default=64 * 1024, ge=1024, description="largest JSON request body (413 above)"
     )
     body_timeout_seconds: float = Field(
-        default=30.0, gt=0.0, description="a request body must arrive within this (408)"
+        default=30.0,
+        gt=0.0,
+        le=86400.0,
+        description="a request body must arrive within this (408)",
     )
 
     # Webhooks (issue 13; core/webhooks.py)
@@ -162,10 +173,16 @@ class Settings(BaseSettings):
     # Embedded run
     data_dir: Path = Field(default=Path(".tivis"), description="embedded Redis data and socket")
     restart_backoff_seconds: float = Field(
-        default=0.5, gt=0.0, description="embedded run: first delay before restarting a process"
+        default=0.5,
+        gt=0.0,
+        le=3600.0,
+        description="embedded run: first delay before restarting a process",
     )
     restart_backoff_max_seconds: float = Field(
-        default=30.0, gt=0.0, description="embedded run: the restart delay doubles up to this"
+        default=30.0,
+        gt=0.0,
+        le=3600.0,
+        description="embedded run: the restart delay doubles up to this",
     )
     log_level: str = "INFO"
 
@@ -184,6 +201,29 @@ class Settings(BaseSettings):
                 "would be redelivered to a second worker"
             )
         return self
+
+    @field_validator("models_dir", "model_store_dir", "weights_dir", "torch_home", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, v: object) -> object:
+        """``TIVIS_MODELS_DIR=`` means no folder (the default), not the current directory."""
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret(cls, v: str) -> str:
+        """A ``whsec_`` secret must decode as signing does (``core.webhooks.signing_key``) to a
+        non-empty key."""
+        if v.startswith("whsec_"):
+            try:
+                key = base64.b64decode(v[len("whsec_") :])
+            except (binascii.Error, ValueError):
+                raise ValueError(
+                    "TIVIS_WEBHOOK_SECRET: the part after whsec_ must be base64 (Standard "
+                    "Webhooks), e.g. whsec_ followed by 24 or more random bytes in base64"
+                ) from None
+            if not key:
+                raise ValueError("TIVIS_WEBHOOK_SECRET: whsec_ with an empty key")
+        return v
 
     @field_validator("webhook_retry_schedule")
     @classmethod
