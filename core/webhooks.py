@@ -45,7 +45,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import redis
 import redis.asyncio as aredis
@@ -62,6 +62,10 @@ TOLERANCE_SECONDS = 300
 MAX_PROGRESS_SHOWN = 5
 DEFER_SECONDS = 1.0
 """A delivery whose receiver has no free sending slot is looked at again after this long."""
+TARGET_SAFE = "/?:@!$&'()*+,;=%"
+"""Characters of a URL's path and query sent as they are: the RFC 3986 delimiters a path and a
+query may hold, and ``%`` (escapes already there are kept). Any other character that is not
+unreserved is sent percent-encoded as UTF-8."""
 log = logging.getLogger("tivis.webhooks")
 
 # Write a delivery once. KEYS: deliveries, due; ARGV: name, entry, body, member, score, ttl,
@@ -245,14 +249,14 @@ def post(
 ) -> int:
     """POST ``body`` to ``url`` and return the HTTP status. The host is resolved once and every
     address checked (:class:`RefusedAddress`); the connection goes to a checked address.
-    Redirects are not followed (a 3xx is not a delivery). ``OSError`` on network errors and
-    timeouts."""
+    Redirects are not followed (a 3xx is not a delivery). A path or query that is not ASCII is
+    sent percent-encoded (UTF-8). ``OSError`` on network errors and timeouts."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     https = parts.scheme == "https"
     port = parts.port or (443 if https else 80)
     addresses = resolve_checked(host, port, allow_private)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    path = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), TARGET_SAFE)
     cls = _PinnedHTTPS if https else _PinnedHTTP
     last: OSError | None = None
     for address in addresses:

@@ -251,3 +251,18 @@ def test_a_receiver_gets_at_most_its_share_of_sending_threads(redis_server: Any)
     (entry,) = webhooks.shown_deliveries(
         store.r.hgetall(webhooks.deliveries_key(settings.key_prefix, job_id)))  # fmt: skip
     assert entry["attempts"] == 1  # a deferral is not an attempt
+
+
+def test_a_non_ascii_path_is_sent_percent_encoded(redis_server: Any) -> None:
+    """A URL with a non-ASCII path or query (WebhookSpec accepts it) is sent as its UTF-8
+    percent-encoding; escapes already in it are kept as they are."""
+    settings, store, emitter = _settings(redis_server, webhook_allow_private=True)
+    with Receiver() as rx:
+        url = rx.url + "/caf\u00e9/a%20b?x=\u00e9t\u00e9&y=1"
+        assert WebhookSpec(url=url).url == url
+        job_id = _job(store, {"url": url})
+        assert emitter.emit(job_id, "succeeded")
+        assert _drain(store.r, settings) == ["delivered"]
+        (got,) = rx.snapshot()
+    assert got.path == "/hook/caf%C3%A9/a%20b?x=%C3%A9t%C3%A9&y=1"
+    assert webhooks.verify(SECRET, got.headers, got.body)
