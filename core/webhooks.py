@@ -477,24 +477,26 @@ def _attempt(
     key, due = deliveries_key(settings.key_prefix, job_id), due_key(settings.key_prefix)
     attempt = int(entry["attempts"]) + 1
     stamp = int(now)
-    headers = {
-        "content-type": "application/json",
-        "user-agent": "tivis-webhooks/1",
-        "webhook-id": entry["id"],
-        "webhook-timestamp": str(stamp),
-        "webhook-signature": sign(settings.webhook_secret, entry["id"], stamp, body),
-    }
     code: int | None = None
     error: str | None = None
     refused = False
     try:
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "tivis-webhooks/1",
+            "webhook-id": entry["id"],
+            "webhook-timestamp": str(stamp),
+            "webhook-signature": sign(settings.webhook_secret, entry["id"], stamp, body),
+        }
         code = post(entry["url"], body, headers, timeout=settings.webhook_timeout,
                     allow_private=settings.webhook_allow_private)  # fmt: skip
         if not 200 <= code < 300:
             error = f"HTTP {code}"
     except RefusedAddress as exc:
         refused, error = True, str(exc)
-    except (OSError, http.client.HTTPException) as exc:
+    except Exception as exc:  # a network error, or anything else: a failed attempt all the same
+        if not isinstance(exc, (OSError, http.client.HTTPException)):
+            log.exception("webhook attempt raised", extra={"job_id": job_id, "event": name})
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     delays = settings.webhook_retry_delays
     entry.update(attempts=attempt, last_status=code, last_error=error, last_attempt_at=now)

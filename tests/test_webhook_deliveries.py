@@ -266,3 +266,25 @@ def test_a_non_ascii_path_is_sent_percent_encoded(redis_server: Any) -> None:
         (got,) = rx.snapshot()
     assert got.path == "/hook/caf%C3%A9/a%20b?x=%C3%A9t%C3%A9&y=1"
     assert webhooks.verify(SECRET, got.headers, got.body)
+
+
+def test_any_error_of_an_attempt_counts_and_ends_in_failed(redis_server: Any) -> None:
+    """An attempt that raises something other than a network error (here a signing secret that
+    is no base64, set past the settings' own checks) is a failed attempt: counted, retried on
+    the schedule, then ``failed``; never left pending and due forever."""
+    settings, store, emitter = _settings(
+        redis_server, webhook_allow_private=True, webhook_retry_schedule="0"
+    )
+    settings = settings.model_copy(update={"webhook_secret": "whsec_not-base64!"})
+    with Receiver() as rx:
+        job_id = _job(store, {"url": rx.url})
+        assert emitter.emit(job_id, "succeeded")
+        assert _drain(store.r, settings) == ["retrying"]
+        assert _drain(store.r, settings) == ["failed"]
+        assert _drain(store.r, settings) == []
+        assert rx.snapshot() == []
+    assert store.r.zcard(webhooks.due_key(settings.key_prefix)) == 0
+    (entry,) = webhooks.shown_deliveries(
+        store.r.hgetall(webhooks.deliveries_key(settings.key_prefix, job_id)))  # fmt: skip
+    assert entry["status"] == "failed" and entry["attempts"] == 2
+    assert entry["last_error"].startswith("Error: ")  # binascii.Error
