@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +169,74 @@ def test_chunk_start_sees_cancel_and_counts_attempts(stores: tuple[JobStore, Chu
     assert cs.start_chunk("b2", 1, 3) == ("canceled", "running")
     assert jobs.get("b2")["status"] == "canceled"  # type: ignore[index]
     assert cs.publish_chunk("b2", 1, _entry(1, [1]), {})[0] is False
+
+
+# -- the chunk task, in process (no broker) ------------------------------------------------------
+HOOK = {"url": "https://example.com/hook", "events": ["succeeded", "failed", "canceled"]}
+
+
+@pytest.fixture
+def in_process(
+    redis_server: Any, models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[JobStore, ChunkStore]]:
+    """The worker's chunk task called in process against a real Redis server, a directory
+    artifact store and the tiny model. A chunk never checks for a cancel while it runs (the
+    check interval is an hour): a cancel requested after its start lands after its last check."""
+    from integration.harness import new_prefix
+
+    from core.settings import get_settings
+    from worker import atlas_tasks, tasks
+
+    prefix = new_prefix("atlas")
+    env = {"TIVIS_REDIS_URL": redis_server.url, "TIVIS_KEY_PREFIX": prefix,
+           "TIVIS_ARTIFACTS_URL": str(tmp_path / "artifacts"), "TIVIS_MODELS_DIR": str(models_dir),
+           "TIVIS_DEVICE": "cpu", "TIVIS_CANCEL_CHECK_SECONDS": "3600"}  # fmt: skip
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(atlas_tasks, "_chunk_stores", {})  # the process's, on this prefix
+    get_settings.cache_clear()
+    tasks.reset_state()
+    client = redis_server.client()
+    try:
+        yield JobStore(client, prefix, 3600), ChunkStore(client, prefix, 3600)
+    finally:
+        get_settings.cache_clear()
+        tasks.reset_state()
+
+
+def _running_atlas(
+    jobs: JobStore, cs: ChunkStore, job_id: str, classes: list[int], size: int
+) -> None:
+    spec = {**QUICK, "optimizer": {"max_total_steps": 2}, "views": {"count": 1},
+            "classes": classes, "chunk_size": size, "webhook": HOOK}  # fmt: skip
+    create_job(jobs, job_id, "atlas", spec, extra={"atlas_classes": json.dumps(classes)})
+    assert jobs.start(job_id, 3) == ("run", "1")
+    assert cs.plan(job_id, classes, chunk_count(len(classes), size))
+
+
+def _hook_events(jobs: JobStore, job_id: str) -> list[str]:
+    from core.webhooks import deliveries_key, shown_deliveries
+
+    raw = jobs.r.hgetall(deliveries_key(jobs.keys.prefix, job_id))
+    return [e["event"] for e in shown_deliveries(raw)]
+
+
+def test_an_atlas_ended_by_a_chunk_start_sends_its_webhook(
+    in_process: tuple[JobStore, ChunkStore],
+) -> None:
+    from worker.atlas_tasks import run_chunk_task
+
+    jobs, cs = in_process
+    _running_atlas(jobs, cs, "e1", [0, 1, 2, 3], 2)
+    jobs.r.hset(jobs.keys.job("e1"), "cancel_requested", "1")  # canceled while chunks queue
+    assert run_chunk_task("e1", 0) == "canceled"
+    assert run_chunk_task("e1", 1) == "finished"
+    assert jobs.get("e1")["status"] == "canceled"  # type: ignore[index]
+    assert _hook_events(jobs, "e1") == ["canceled"]
+    _running_atlas(jobs, cs, "e2", [0, 1, 2, 3], 2)
+    jobs.r.hset(jobs.keys.chunk_attempts("e2"), "0", "3")  # its workers were lost 3 times
+    assert run_chunk_task("e2", 0) == "exhausted"
+    rec = jobs.get("e2")
+    assert rec is not None and rec["status"] == "failed"
+    assert rec["error"]["type"] == "TooManyAttempts"
+    assert _hook_events(jobs, "e2") == ["failed"]

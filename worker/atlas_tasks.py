@@ -125,6 +125,8 @@ def run_chunk_task(self: Any, job_id: str, i: int) -> str:
         return "done"
     if verdict != "run":
         log.info("chunk not run", extra={**ctx, "verdict": verdict, "info": info})
+        if verdict in ("canceled", "exhausted"):  # this start ended the atlas (as run_job's does)
+            st.hooks.safe_emit(job_id, "canceled" if verdict == "canceled" else "failed")
         return verdict
     attempt = int(info)
     rec = st.store.get(job_id)
