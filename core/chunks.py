@@ -9,7 +9,9 @@ adds its chunk bookkeeping, every step a Lua script so that concurrent workers a
   marks the job canceled) when a cancel was requested, ``exhausted`` (and fails the job) after
   too many starts;
 - :meth:`ChunkStore.publish_chunk`: chunk ``i``'s class entries and artifact pointers become
-  visible in one step, only once, and the progress (classes done / classes) moves with them;
+  visible in one step, only once, and the progress (classes done / classes) moves with them; a
+  cancel requested before then publishes nothing and ends the job ``canceled`` (a fanned-out job
+  has no worker for the reaper to watch, so its chunks end it);
 - :meth:`ChunkStore.end`: the job's final status, with the index and contact sheet pointers.
 
 Keys: ``P:job:<id>:chunks`` (chunk -> JSON of its classes), ``P:job:<id>:chunk_attempts``,
@@ -72,25 +74,34 @@ return {'run', tostring(n)}
 """
 )
 
-# KEYS: record, chunks, artifacts; ARGV: i, entry JSON, classes in it, ttl, name/pointer pairs
-# (nothing is published once a cancel was requested)
-_PUBLISH = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return {0, 0, 0} end
-if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return {0, 0, 0} end
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {0, 0, 0} end
+# KEYS: record, chunks, artifacts, current, total; ARGV: i, entry JSON, classes in it, ttl, now,
+# name/pointer pairs. Returns {1 published | 0 not | -1 canceled here, chunks done, chunks}:
+# nothing is published once a cancel was requested, and the first chunk to find one ends the job.
+_PUBLISH = (
+    _MOVE
+    + """
+local s = redis.call('HGET', KEYS[1], 'status')
+local nchunks = tonumber(redis.call('HGET', KEYS[1], 'chunks_total') or '0')
+if s ~= 'running' then return {0, 0, nchunks} end
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[5])
+  move(KEYS[4], KEYS[5], redis.call('HGET', KEYS[1], 'kind'), s, 'canceled', ARGV[4])
+  return {-1, 0, nchunks}
+end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {0, 0, nchunks} end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 local done = redis.call('HINCRBY', KEYS[1], 'classes_done', tonumber(ARGV[3]))
 local chunks = redis.call('HLEN', KEYS[2])
 local total = tonumber(redis.call('HGET', KEYS[1], 'classes_total') or '0')
-local nchunks = tonumber(redis.call('HGET', KEYS[1], 'chunks_total') or '0')
 redis.call('HSET', KEYS[1], 'progress', cjson.encode({classes_done = done, classes = total,
   chunks_done = chunks, chunks = nchunks,
   percent = math.floor(1000 * done / math.max(total, 1) + 0.5) / 10}))
 return {1, chunks, nchunks}
 """
+)
 
 # KEYS: record, artifacts, current, total; ARGV: status, now, ttl, n, n field/value items,
 # then name/pointer pairs
@@ -166,21 +177,27 @@ class ChunkStore:
         i: int,
         entry: Mapping[str, Any],
         pointers: Mapping[str, Mapping[str, Any]],
-    ) -> tuple[bool, int, int]:
+    ) -> tuple[str, int, int]:
         """Publish chunk ``i`` (its entry and its files' pointers) if the job still runs and the
-        chunk was not published before: ``(published, chunks done, chunks in all)``."""
+        chunk was not published before: ``(verdict, chunks done, chunks in all)``. The verdict:
+        ``published``; ``canceled`` (a cancel was requested: nothing published, and this call
+        ended the job ``canceled``); ``superseded`` (the job ended or the chunk was published)."""
         k = self.keys
         pairs: list[str] = []
         for name, ptr in pointers.items():
             pairs += [name, json.dumps(ptr)]
+        now = time.time()
         res = cast(
             list[Any],
             self._publish(
-                keys=[k.job(job_id), k.chunks(job_id), k.artifacts(job_id)],
-                args=[i, json.dumps(entry), len(entry["classes"]), self.ttl, *pairs],
+                keys=[k.job(job_id), k.chunks(job_id), k.artifacts(job_id), k.current, k.total],
+                args=[i, json.dumps(entry), len(entry["classes"]), self.ttl, repr(now), *pairs],
             ),
         )
-        return bool(int(res[0])), int(res[1]), int(res[2])
+        verdict = {1: "published", -1: "canceled"}.get(int(res[0]), "superseded")
+        if verdict == "canceled":
+            self._count_duration(job_id, now)
+        return verdict, int(res[1]), int(res[2])
 
     def entries(self, job_id: str) -> list[dict[str, Any]]:
         return _entries(cast(dict[bytes, bytes], self.r.hgetall(self.keys.chunks(job_id))))
@@ -209,17 +226,22 @@ class ChunkStore:
             args=[status, repr(now), self.ttl, len(flat), *flat, *pairs],
         )
         if ok:
-            rec = self.r.hmget(k.job(job_id), "kind", "started_at")
-            kind, started = _s(rec[0]) or "atlas", _s(rec[1])
-            took = now - float(started) if started else 0.0
-            key = k.duration(kind)
-            pipe = self.r.pipeline(transaction=False)
-            pipe.hincrby(key, bucket_label(took), 1)
-            pipe.hincrbyfloat(key, "sum", took)
-            pipe.hincrby(key, "count", 1)
-            pipe.expire(key, self.ttl)
-            pipe.execute()
+            self._count_duration(job_id, now)
         return bool(ok)
+
+    def _count_duration(self, job_id: str, now: float) -> None:
+        """Count the run time of a job that just ended in its kind's duration histogram."""
+        k = self.keys
+        rec = self.r.hmget(k.job(job_id), "kind", "started_at")
+        kind, started = _s(rec[0]) or "atlas", _s(rec[1])
+        took = now - float(started) if started else 0.0
+        key = k.duration(kind)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hincrby(key, bucket_label(took), 1)
+        pipe.hincrbyfloat(key, "sum", took)
+        pipe.hincrby(key, "count", 1)
+        pipe.expire(key, self.ttl)
+        pipe.execute()
 
 
 async def atlas_entries(client: aredis.Redis, prefix: str, job_id: str) -> list[dict[str, Any]]:

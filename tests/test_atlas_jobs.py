@@ -1,6 +1,6 @@
 """Atlas jobs without Celery: the spec (classes, ranges, one chunk definition), the chunk runner
-and the whole atlas in one process on the tiny model, and the chunk bookkeeping's Lua steps
-against a real Redis server."""
+and the whole atlas in one process on the tiny model, the chunk bookkeeping's Lua steps against
+a real Redis server, and the chunk task called in process."""
 
 from __future__ import annotations
 
@@ -139,13 +139,13 @@ def test_chunks_publish_once_and_move_progress(stores: tuple[JobStore, ChunkStor
     assert cs.start_chunk("a1", 0, 3) == ("run", "1")
     assert cs.start_chunk("a1", 0, 3) == ("run", "2")  # a redelivery counts
     ptr = {"key": "a1/c0/x.png", "media_type": "image/png", "size": 1, "etag": '"e"'}
-    assert cs.publish_chunk("a1", 0, _entry(0, [0, 1]), {"x.png": ptr}) == (True, 1, 2)
-    assert cs.publish_chunk("a1", 0, _entry(0, [0, 1]), {"x.png": ptr})[0] is False  # once
+    assert cs.publish_chunk("a1", 0, _entry(0, [0, 1]), {"x.png": ptr}) == ("published", 1, 2)
+    assert cs.publish_chunk("a1", 0, _entry(0, [0, 1]), {"x.png": ptr})[0] == "superseded"  # once
     assert cs.start_chunk("a1", 0, 3) == ("done", "")  # never redone
     prog = jobs.get("a1")["progress"]  # type: ignore[index]
     assert prog["classes_done"] == 2 and prog["percent"] == pytest.approx(66.7)
     assert jobs.artifact("a1", "x.png") == ptr
-    assert cs.publish_chunk("a1", 1, _entry(1, [2]), {}) == (True, 2, 2)
+    assert cs.publish_chunk("a1", 1, _entry(1, [2]), {}) == ("published", 2, 2)
     assert [e["index"] for e in cs.entries("a1")] == [0, 1, 2]
     assert cs.end("a1", "succeeded", {"result": {"ok": 1}})
     assert not cs.end("a1", "failed", {})  # ended once
@@ -168,7 +168,30 @@ def test_chunk_start_sees_cancel_and_counts_attempts(stores: tuple[JobStore, Chu
     jobs.r.hset(jobs.keys.job("b2"), "cancel_requested", "1")  # what POST .../cancel does
     assert cs.start_chunk("b2", 1, 3) == ("canceled", "running")
     assert jobs.get("b2")["status"] == "canceled"  # type: ignore[index]
-    assert cs.publish_chunk("b2", 1, _entry(1, [1]), {})[0] is False
+    assert cs.publish_chunk("b2", 1, _entry(1, [1]), {})[0] == "superseded"
+
+
+def test_a_cancel_before_a_publish_ends_the_atlas_once(stores: tuple[JobStore, ChunkStore]) -> None:
+    """A cancel that lands after a chunk's last cancel check: its publish publishes nothing and
+    ends the atlas ``canceled`` in the same step (no worker holds a fanned-out atlas, so nothing
+    else would end it); a chunk racing it finds the atlas ended."""
+    jobs, cs = stores
+    create_job(jobs, "c1", "atlas", {})
+    jobs.start("c1", 3)
+    cs.plan("c1", [0, 1, 2, 3], 2)
+    assert cs.start_chunk("c1", 0, 3) == ("run", "1")
+    assert cs.start_chunk("c1", 1, 3) == ("run", "1")
+    jobs.r.hset(jobs.keys.job("c1"), "cancel_requested", "1")  # what POST .../cancel does
+    ptr = {"key": "c1/c1/x.png", "media_type": "image/png", "size": 1, "etag": '"e"'}
+    assert cs.publish_chunk("c1", 1, _entry(1, [2, 3]), {"x.png": ptr}) == ("canceled", 0, 2)
+    assert cs.publish_chunk("c1", 0, _entry(0, [0, 1]), {}) == ("superseded", 0, 2)
+    rec = jobs.get("c1")
+    assert rec is not None and rec["status"] == "canceled" and rec["finished_at"]
+    assert cs.done_chunks("c1") == {} and jobs.artifact_names("c1") == []
+    assert jobs.r.hget(jobs.keys.total, "atlas|canceled") == b"1"  # ended once
+    assert jobs.r.hget(jobs.keys.current, "atlas|running") == b"0"
+    assert jobs.r.hget(jobs.keys.duration("atlas"), "count") == b"1"  # its run time counted
+    assert not cs.end("c1", "failed", {})
 
 
 # -- the chunk task, in process (no broker) ------------------------------------------------------
@@ -219,6 +242,31 @@ def _hook_events(jobs: JobStore, job_id: str) -> list[str]:
 
     raw = jobs.r.hgetall(deliveries_key(jobs.keys.prefix, job_id))
     return [e["event"] for e in shown_deliveries(raw)]
+
+
+def test_a_cancel_landing_before_the_last_publish_ends_the_atlas(
+    in_process: tuple[JobStore, ChunkStore], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The real chunk runs, then a cancel lands (after its last cancel check, before it
+    publishes): it publishes nothing, ends the atlas ``canceled`` and queues that webhook."""
+    from worker import atlas_tasks
+
+    jobs, cs = in_process
+    _running_atlas(jobs, cs, "d1", [0, 1], 2)  # one chunk: the last one
+
+    def then_cancel(spec: AtlasSpec, classes: list[int], ctx: JobContext) -> Any:
+        out = run_chunk(spec, classes, ctx)  # the real chunk; then the cancel lands
+        jobs.r.hset(jobs.keys.job("d1"), "cancel_requested", "1")  # what POST .../cancel does
+        return out
+
+    monkeypatch.setattr(atlas_tasks, "run_chunk", then_cancel)
+    assert atlas_tasks.run_chunk_task("d1", 0) == "canceled"
+    rec = jobs.get("d1")
+    assert rec is not None and rec["status"] == "canceled"
+    assert _hook_events(jobs, "d1") == ["canceled"]
+    assert cs.done_chunks("d1") == {} and jobs.artifact_names("d1") == []
+    assert not any(p.is_file() for p in (tmp_path / "artifacts").rglob("*"))  # its own files too
+    assert atlas_tasks.run_chunk_task("d1", 0) == "finished"  # a redelivery does nothing
 
 
 def test_an_atlas_ended_by_a_chunk_start_sends_its_webhook(

@@ -8,8 +8,9 @@ prefix (``<job>/c<i>-<attempt>-<tag>/``) and publishes them with its class entri
 step, once; a duplicate finds it published and does nothing. The worker that publishes the last
 chunk writes ``index.json`` and ``contact-sheet.png`` and marks the atlas succeeded in the same
 step that publishes them. A cancel stops running chunks at their next progress check and
-queued ones before they start; a chunk that raised is sent again (up to ``max_attempts``
-starts), and finished chunks are never redone.
+queued ones before they start; one that lands after a chunk's last check is found when it
+publishes, which then publishes nothing and ends the atlas canceled. A chunk that raised is
+sent again (up to ``max_attempts`` starts), and finished chunks are never redone.
 """
 
 from __future__ import annotations
@@ -159,12 +160,13 @@ def run_chunk_task(self: Any, job_id: str, i: int) -> str:
         return "failed"
     entry = {"chunk": i, "classes": out.result["classes"], "worker": worker,
              "attempt": attempt, "seconds": round(time.monotonic() - t0, 3)}  # fmt: skip
-    ok, done, total = cs.publish_chunk(job_id, i, entry, ptrs)
-    log.info("chunk published" if ok else "chunk superseded",
-             extra={**ctx, "attempt": attempt, "done": done, "chunks": total})  # fmt: skip
-    if not ok:
+    verdict, done, total = cs.publish_chunk(job_id, i, entry, ptrs)
+    log.info(f"chunk {verdict}", extra={**ctx, "attempt": attempt, "done": done, "chunks": total})
+    if verdict != "published":
         _delete_own(st, job_id, token)
-        return "superseded"
+        if verdict == "canceled":  # a cancel landed after the chunk's last check; this ended it
+            st.hooks.safe_emit(job_id, "canceled")
+        return verdict
     if done == total:
         assemble(st, job_id, spec)
     return "published"

@@ -85,7 +85,7 @@ def test_partial_atlas_is_readable_as_chunks_publish(api: Api) -> None:
             for i in (2, 3)
         ],
     }  # fmt: skip
-    assert cs.publish_chunk(job_id, 1, entry, ptrs) == (True, 1, 2)
+    assert cs.publish_chunk(job_id, 1, entry, ptrs) == ("published", 1, 2)
     atlas = api.c.get(f"/atlas/{job_id}").json()
     assert atlas["status"] == "running" and atlas["done"] == 2
     assert [e["index"] for e in atlas["entries"]] == [2, 3]
