@@ -28,7 +28,7 @@ from typing import Any, cast
 import redis
 import redis.asyncio as aredis
 
-from core.store import _MOVE, Keys, _flatten, _s, bucket_label
+from core.store import _MOVE, Keys, _flatten, _s, count_duration
 
 # KEYS: record, chunks, running; ARGV: classes total, chunks total, classes JSON, job id.
 # From here on no single worker holds the job (its chunks are redelivered on their own), so it
@@ -235,13 +235,7 @@ class ChunkStore:
         rec = self.r.hmget(k.job(job_id), "kind", "started_at")
         kind, started = _s(rec[0]) or "atlas", _s(rec[1])
         took = now - float(started) if started else 0.0
-        key = k.duration(kind)
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hincrby(key, bucket_label(took), 1)
-        pipe.hincrbyfloat(key, "sum", took)
-        pipe.hincrby(key, "count", 1)
-        pipe.expire(key, self.ttl)
-        pipe.execute()
+        count_duration(self.r, k, kind, took, self.ttl)
 
 
 async def atlas_entries(client: aredis.Redis, prefix: str, job_id: str) -> list[dict[str, Any]]:

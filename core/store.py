@@ -453,6 +453,17 @@ def bucket_label(seconds: float) -> str:
     return "+Inf"
 
 
+def count_duration(r: redis.Redis, keys: Keys, kind: str, seconds: float, ttl: int) -> None:
+    """Count one job's run time in its kind's duration histogram (``P:metrics:duration:<kind>``)."""
+    key = keys.duration(kind)
+    pipe = r.pipeline(transaction=False)
+    pipe.hincrby(key, bucket_label(seconds), 1)
+    pipe.hincrbyfloat(key, "sum", seconds)
+    pipe.hincrby(key, "count", 1)
+    pipe.expire(key, ttl)
+    pipe.execute()
+
+
 class _Base:
     def __init__(self, prefix: str, ttl: int) -> None:
         self.keys = Keys(prefix)
@@ -785,13 +796,7 @@ class JobStore(_Base):
             args=[str(attempt), status, self.ttl, repr(time.time()), *_flatten(fields)],
         )
         if ok and kind is not None and duration is not None:
-            key = k.duration(kind)
-            pipe = self.r.pipeline(transaction=False)
-            pipe.hincrby(key, bucket_label(duration), 1)
-            pipe.hincrbyfloat(key, "sum", duration)
-            pipe.hincrby(key, "count", 1)
-            pipe.expire(key, self.ttl)
-            pipe.execute()
+            count_duration(self.r, k, kind, duration, self.ttl)
         return bool(ok)
 
     def artifact(self, job_id: str, name: str) -> dict[str, Any] | None:

@@ -58,18 +58,13 @@ def check_cost(
     entropy windows do not fit its images, or the whole job costs more than
     ``TIVIS_MAX_JOB_COST``, naming the fields to reduce."""
     sizes = catalog.input_sizes()
-    step = check_step(spec, sizes)
-    if step is not None:
-        raise Problem(
-            422, "validation", f"invalid request: augment.views: {step}",
-            title="Request validation failed", errors=[{"field": "augment.views", "message": step}],
-        )  # fmt: skip
-    maps = check_entropy(spec, sizes)
-    if maps is not None:
-        raise Problem(
-            422, "validation", f"invalid request: entropy: {maps}",
-            title="Request validation failed", errors=[{"field": "entropy", "message": maps}],
-        )  # fmt: skip
+    for field, why in (("augment.views", check_step(spec, sizes)),
+                       ("entropy", check_entropy(spec, sizes))):  # fmt: skip
+        if why is not None:
+            raise Problem(
+                422, "validation", f"invalid request: {field}: {why}",
+                title="Request validation failed", errors=[{"field": field, "message": why}],
+            )  # fmt: skip
     cost = estimate(kind.kind, spec, sizes)
     limit = services.settings.max_job_cost
     if cost.pixel_passes <= limit:
