@@ -12,7 +12,6 @@ import pytest
 from test_atlas_jobs import create_job
 
 from core.chunks import ChunkStore
-from core.settings import get_settings
 from core.store import JobStore
 
 QUICK = {"model": "tiny", "method": "vanilla", "optimizer": {"max_steps_per_round": 2},
@@ -23,25 +22,15 @@ QUICK = {"model": "tiny", "method": "vanilla", "optimizer": {"max_steps_per_roun
 def broken(
     redis_server: Any, models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[JobStore]:
+    from inprocess import worker_env
     from integration.harness import new_prefix
-
-    from worker import tasks
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     prefix = new_prefix("broken")
-    env = {"TIVIS_REDIS_URL": redis_server.url, "TIVIS_KEY_PREFIX": prefix,
-           "TIVIS_ARTIFACTS_URL": str(blocker / "artifacts"), "TIVIS_MODELS_DIR": str(models_dir),
-           "TIVIS_DEVICE": "cpu", "TIVIS_MAX_ATTEMPTS": "1"}  # fmt: skip
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    get_settings.cache_clear()
-    tasks.reset_state()
-    try:
+    with worker_env(monkeypatch, redis_server.url, prefix, str(blocker / "artifacts"),
+                    models_dir, max_attempts="1"):  # fmt: skip
         yield JobStore(redis_server.client(), prefix, 3600)
-    finally:
-        get_settings.cache_clear()
-        tasks.reset_state()
 
 
 def test_store_error_fails_a_job_clearly(broken: JobStore) -> None:

@@ -205,26 +205,17 @@ def in_process(
     """The worker's chunk task called in process against a real Redis server, a directory
     artifact store and the tiny model. A chunk never checks for a cancel while it runs (the
     check interval is an hour): a cancel requested after its start lands after its last check."""
+    from inprocess import worker_env
     from integration.harness import new_prefix
 
-    from core.settings import get_settings
-    from worker import atlas_tasks, tasks
+    from worker import atlas_tasks
 
     prefix = new_prefix("atlas")
-    env = {"TIVIS_REDIS_URL": redis_server.url, "TIVIS_KEY_PREFIX": prefix,
-           "TIVIS_ARTIFACTS_URL": str(tmp_path / "artifacts"), "TIVIS_MODELS_DIR": str(models_dir),
-           "TIVIS_DEVICE": "cpu", "TIVIS_CANCEL_CHECK_SECONDS": "3600"}  # fmt: skip
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
     monkeypatch.setattr(atlas_tasks, "_chunk_stores", {})  # the process's, on this prefix
-    get_settings.cache_clear()
-    tasks.reset_state()
     client = redis_server.client()
-    try:
+    with worker_env(monkeypatch, redis_server.url, prefix, str(tmp_path / "artifacts"),
+                    models_dir, cancel_check_seconds="3600"):  # fmt: skip
         yield JobStore(client, prefix, 3600), ChunkStore(client, prefix, 3600)
-    finally:
-        get_settings.cache_clear()
-        tasks.reset_state()
 
 
 def _running_atlas(
