@@ -439,7 +439,7 @@ class VisualizeSpec(OptimizeSpec):
     def _models_nonempty(cls, v: str | list[str]) -> str | list[str]:
         if isinstance(v, list) and not 1 <= len(v) <= MAX_MODELS:
             raise ValueError(f"give between 1 and {MAX_MODELS} models, got {len(v)}")
-        return v
+        return distinct_models(v) if isinstance(v, list) else v
 
 
 class EntropySettings(_Frozen):

@@ -114,6 +114,23 @@ def test_classify_errors(two_models: Registry) -> None:
 # --------------------------------------------------------------------------- screen (tiny)
 
 
+def test_screen_keeps_one_picture_per_model_whose_names_differ_in_punctuation(
+    tmp_path: Path,
+) -> None:
+    """``t-a`` and ``t_a`` are two models: each gets its own screened PNG (both were written
+    as ``screened-t_a.png``, the second over the first)."""
+    from tinymodel import make_tiny_model
+
+    make_tiny_model(tmp_path, name="t-a", seed=0)
+    make_tiny_model(tmp_path, name="t_a", seed=1)
+    spec = ScreenSpec(models=["t-a", "t_a"], rectangles=[{"x": 0, "y": 0, "width": 8, "height": 8}])
+    out = screen(spec, Registry(models_dir=tmp_path), {"photo.png": png(16, 16)})
+    names = [a.name for a in out.artifacts]
+    assert len(names) == len(set(names))
+    shots = [m["screened"] for m in out.result["models"]]
+    assert shots == ["screened-t-a.png", "screened-t_a.png"] and set(shots) <= set(names)
+
+
 def test_screen_fills_each_models_zero(two_models: Registry) -> None:
     spec = ScreenSpec.model_validate(
         {

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from specs import VisualizeSpec
 from specs.classify import ClassifySpec
 from specs.models import CompareSpec
 
@@ -16,6 +17,7 @@ from specs.models import CompareSpec
     [
         lambda: CompareSpec(models=["tiny", "tiny"], targets=[1]),
         lambda: ClassifySpec(models=["tiny", "tiny"]),
+        lambda: VisualizeSpec(model=["tiny", "x", "tiny"], targets=[1]),
     ],
 )
 def test_a_model_named_twice_is_refused(make: Any) -> None:

@@ -31,7 +31,7 @@ from specs.classify import (
 from worker.engine import classify as D
 from worker.engine.images import decode_image
 from worker.engine.models import LoadedModel
-from worker.jobs.base import Images, JobContext, JobOutput, resolve_device, slug
+from worker.jobs.base import Images, JobContext, JobOutput, resolve_device
 
 
 def _named(images: Images, keys: list[str]) -> list[tuple[str, bytes]]:
@@ -169,7 +169,7 @@ def run_screen(spec: ScreenSpec, ctx: JobContext) -> JobOutput:
             },
             "fitted": D.fit_geometry(info.height, info.width, model.info),
             "covered": covered,
-            "screened": out.add_png(f"screened-{slug(mname)}.png", screened),
+            "screened": out.add_png(f"screened-{mname}.png", screened),  # names are file-safe
         }
         entries.append(entry)
         rows.append((mname, batch[0], batch[1], before, after))
