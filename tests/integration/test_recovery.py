@@ -6,7 +6,6 @@ in process; polling with deadlines, never sleeps."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 from fastapi.testclient import TestClient
-from integration.harness import Worker, new_prefix, wait_for
+from integration.harness import Worker, new_prefix, run_async, wait_for
 from integration.test_service import LONG, QUICK, SLOW, Service, start_service
 
 from app.main import create_app
@@ -152,9 +151,9 @@ def test_cancel_of_a_job_whose_pool_process_died_ends_at_once(
         finally:
             await client.aclose()
 
-    assert asyncio.run(cancel()) == ("requested", "running")  # its process lives: it reads it
+    assert run_async(cancel()) == ("requested", "running")  # its process lives: it reads it
     _beat(store, "w1", [102])
-    assert asyncio.run(cancel()) == ("canceled", "canceled")
+    assert run_async(cancel()) == ("canceled", "canceled")
     assert store.running_jobs() == {}
 
 
