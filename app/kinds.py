@@ -7,12 +7,15 @@ The kinds themselves are ``specs.kinds.KINDS`` (shared with the worker). ``class
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import BaseModel
 
 from app.catalog import Catalog, UnknownName
+from app.problems import Problem
 from specs.kinds import KINDS, KindDef
 
-__all__ = ["KINDS", "MAX_SUGGESTED", "KindDef", "check_names", "summary"]
+__all__ = ["KINDS", "MAX_SUGGESTED", "KindDef", "check_names", "summary", "unknown_names"]
 
 
 def _models(spec: BaseModel) -> list[tuple[str, str]]:
@@ -60,6 +63,21 @@ def check_names(spec: BaseModel, catalog: Catalog) -> list[UnknownName]:
             except UnknownName as exc:
                 problems.append(exc)
     return problems
+
+
+def unknown_names(unknown: Sequence[UnknownName], more: int = 0) -> Problem:
+    """The 422 ``unknown-name`` problem for ``unknown`` (at least one): each field with its
+    message and close names, the first one's close names on top; ``more`` unknown ones were
+    left out of the list and are counted in the detail."""
+    detail = "; ".join(str(u) for u in unknown)
+    if more:
+        detail += f"; and {more} more not listed"
+    return Problem(
+        422, "unknown-name", detail, title="Unknown model or class",
+        errors=[{"field": u.field, "message": str(u), "suggestions": u.suggestions}
+                for u in unknown],
+        suggestions=unknown[0].suggestions,
+    )  # fmt: skip
 
 
 def summary(kind: str, spec: dict[str, object]) -> dict[str, object]:

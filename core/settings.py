@@ -13,6 +13,14 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def signing_key(secret: str) -> bytes:
+    """The webhooks' HMAC key: ``whsec_<base64>`` decoded (Standard Webhooks), else the UTF-8
+    bytes (here, so that ``Settings`` checks a secret exactly as signing reads it)."""
+    if secret.startswith("whsec_"):
+        return base64.b64decode(secret[len("whsec_") :])
+    return secret.encode()
+
+
 class Settings(BaseSettings):
     """Every knob of the service; each field reads ``TIVIS_<NAME>`` (e.g. ``TIVIS_REDIS_URL``)."""
 
@@ -211,11 +219,11 @@ class Settings(BaseSettings):
     @field_validator("webhook_secret")
     @classmethod
     def _secret(cls, v: str) -> str:
-        """A ``whsec_`` secret must decode as signing does (``core.webhooks.signing_key``) to a
-        non-empty key."""
+        """A ``whsec_`` secret must decode as signing does (:func:`signing_key`) to a non-empty
+        key."""
         if v.startswith("whsec_"):
             try:
-                key = base64.b64decode(v[len("whsec_") :])
+                key = signing_key(v)
             except (binascii.Error, ValueError):
                 raise ValueError(
                     "TIVIS_WEBHOOK_SECRET: the part after whsec_ must be base64 (Standard "

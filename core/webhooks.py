@@ -50,7 +50,7 @@ from urllib.parse import quote, urlsplit
 import redis
 import redis.asyncio as aredis
 
-from core.settings import Settings
+from core.settings import Settings, signing_key
 from core.store import decode_record
 
 DELIVER_TASK = "tivis.webhook.deliver"
@@ -124,13 +124,6 @@ def message_id(job_id: str, name: str) -> str:
 
 
 # --------------------------------------------------------------------------- signatures
-
-
-def signing_key(secret: str) -> bytes:
-    """The HMAC key: ``whsec_<base64>`` decoded (Standard Webhooks), else the UTF-8 bytes."""
-    if secret.startswith("whsec_"):
-        return base64.b64decode(secret[len("whsec_") :])
-    return secret.encode()
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:

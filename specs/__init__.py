@@ -82,6 +82,14 @@ def class_index(target: int | str, n: int) -> int | None:
     return target
 
 
+def target_from_text(text: str) -> int | str:
+    """A target typed on a command line: a class index when it is up to
+    :data:`MAX_INDEX_DIGITS` ASCII digits, else the text (a class name, for the model to
+    resolve)."""
+    digits = text.strip()
+    return int(digits) if INDEX_RE.fullmatch(text) and len(digits) <= MAX_INDEX_DIGITS else text
+
+
 class Operation(_Frozen):
     """One step of a transformation schedule, applied ``repeat`` times in a row.
 

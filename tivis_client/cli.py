@@ -24,17 +24,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from specs import target_from_text
 from tivis_client._common import JobFailed, TivisError
 from tivis_client.client import Client, Job
 
 EVENTS = ("succeeded", "failed", "canceled", "progress")
 
 
-def _target(text: str) -> int | str:
-    """A class index when ``text`` is up to 9 ASCII digits, else the text (a class name; the
-    service says what is wrong with it)."""
-    digits = text.strip()
-    return int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 9 else text
+_target = target_from_text  # the service says what is wrong with a name
 
 
 def _rect(text: str) -> dict[str, int]:

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from specs import SweepSpec, VisualizeSpec
+from specs import SweepSpec, VisualizeSpec, target_from_text
 
 Progress = Callable[[int, int, int, float], None]
 
@@ -54,10 +54,7 @@ class ProgressBar:
         self.stream.write(f"\rdone in {time.monotonic() - self.start:.1f}s" + " " * 60 + "\n")
 
 
-def _target(text: str) -> int | str:
-    """A class index when ``text`` is up to 9 ASCII digits, else the text (a class name)."""
-    digits = text.strip()
-    return int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 9 else text
+_target = target_from_text
 
 
 def _spec_dict(args: argparse.Namespace) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Response
 
 from app.catalog import UnknownName
 from app.deps import PrincipalDep, ServicesDep
-from app.kinds import KINDS, MAX_SUGGESTED
+from app.kinds import KINDS, MAX_SUGGESTED, unknown_names
 from app.problems import Problem
 from app.routes.jobs import JobId, _job
 from app.routes.submit import IdemKey, JobAccepted, check_cost, queue_job, require_catalog
@@ -41,11 +41,7 @@ async def post_atlas(
     try:
         entry = catalog.model(spec.model, "model")
     except UnknownName as exc:
-        raise Problem(
-            422, "unknown-name", str(exc), title="Unknown model or class",
-            errors=[{"field": exc.field, "message": str(exc), "suggestions": exc.suggestions}],
-            suggestions=exc.suggestions,
-        ) from exc  # fmt: skip
+        raise unknown_names([exc]) from exc
 
     suggested: dict[int, list[str]] = {}  # position -> close names, for the first few unknowns
 
@@ -59,19 +55,8 @@ async def post_atlas(
     # up to 10,000 entries against up to 100,000 labels: in a thread, not on the event loop
     classes, bad = await anyio.to_thread.run_sync(resolve_classes, spec, entry.labels, resolve)
     if bad:
-        shown = bad[:MAX_ERRORS]
-        more = len(bad) - len(shown)
-        detail = "; ".join(m for _, m in shown)
-        if more:
-            detail += f"; and {more} more not listed"
-        errors = [
-            {"field": f"classes[{pos}]", "message": m, "suggestions": suggested.get(pos, [])}
-            for pos, m in shown
-        ]
-        raise Problem(
-            422, "unknown-name", detail, title="Unknown model or class",
-            errors=errors, suggestions=errors[0]["suggestions"],
-        )  # fmt: skip
+        shown = [UnknownName(f"classes[{p}]", m, suggested.get(p, [])) for p, m in bad[:MAX_ERRORS]]
+        raise unknown_names(shown, more=len(bad) - len(shown))
     resolved = spec.model_copy(update={"classes": classes})  # the cost of what will run
     cost = check_cost(services, KINDS["atlas"], resolved, catalog)
     extra = {

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from app.catalog import UnknownName
 from app.deps import PrincipalDep, ServicesDep
 from app.guard import Principal
-from app.kinds import KINDS, KindDef
+from app.kinds import KINDS, KindDef, unknown_names
 from app.problems import Problem, validation_errors
 from app.routes.submit import IdemKey, JobAccepted, check_cost, queue_job, require_catalog
 from app.uploads import FILES_FIELD, SPEC_FIELD, BodyRejected, read_body
@@ -140,11 +140,7 @@ async def submit_with_images(
         try:
             catalog.model(name, "models")
         except UnknownName as exc:
-            raise Problem(
-                422, "unknown-name", str(exc), title="Unknown model or class",
-                errors=[{"field": "models", "message": str(exc), "suggestions": exc.suggestions}],
-                suggestions=exc.suggestions,
-            ) from exc  # fmt: skip
+            raise unknown_names([exc]) from exc
     uploads = body.uploads
     known = list(catalog.models)
 

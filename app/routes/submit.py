@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from app.catalog import Catalog
 from app.deps import PrincipalDep, Services, ServicesDep
 from app.guard import ANONYMOUS, Principal
-from app.kinds import KINDS, KindDef, check_names
+from app.kinds import KINDS, KindDef, check_names, unknown_names
 from app.problems import Problem
 from app.views import job_urls
 from app.webhooks import check_webhook
@@ -95,17 +95,7 @@ async def submit(
     catalog = await require_catalog(services)
     unknown = check_names(spec, catalog)
     if unknown:
-        sugg = unknown[0].suggestions
-        raise Problem(
-            422,
-            "unknown-name",
-            "; ".join(str(u) for u in unknown),
-            title="Unknown model or class",
-            errors=[
-                {"field": u.field, "message": str(u), "suggestions": u.suggestions} for u in unknown
-            ],
-            suggestions=sugg,
-        )
+        raise unknown_names(unknown)
     cost = check_cost(services, kind, spec, catalog)
     body = spec.model_dump(mode="json")
     return await queue_job(
