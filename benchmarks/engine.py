@@ -251,6 +251,9 @@ def main() -> None:
     p.add_argument("--compile", dest="compile", action="store_true", default=None)
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--amp", action="store_true", help="also run everything under bfloat16")
+    p.add_argument(
+        "--no-fold", dest="fold", action="store_false", help="keep BatchNorm as its own layers"
+    )
     p.add_argument("--out", type=Path, help="write the JSON here too")
     p.add_argument("--note", default="", help="free text recorded in the output")
     p.add_argument(
@@ -264,7 +267,9 @@ def main() -> None:
     cuda = dev.type == "cuda"
     args.batches = args.batches or ("1,32,256" if cuda else "1,8,27")
     args.classes = args.classes or (100 if cuda else 5)
-    model = Registry(models_dir=os.environ.get("TIVIS_MODELS_DIR")).load(args.model, dev)
+    model = Registry(models_dir=os.environ.get("TIVIS_MODELS_DIR")).load(
+        args.model, dev, fold=args.fold
+    )
     rt = O.Runtime()
     t0 = time.monotonic()
     load_before = os.getloadavg()
@@ -277,6 +282,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "image_size": model.info.input_size,
+        "batchnorm_folded": args.fold,
         "steps_timed": args.steps,
         "repeats": args.repeats,
         "pass_budget_mib": round(rt.budget_bytes(dev) / 2**20),

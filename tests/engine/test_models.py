@@ -104,7 +104,11 @@ def test_torchvision_weights_load_from_the_torch_cache(
         if arch == "inception_v3":
             ref.transform_input = False
         want = ref(model.normalize(x))
-    assert torch.allclose(got, want, atol=1e-5)
+    # the registry folds BatchNorm into the convolutions (worker.engine.fold): float32 rounding
+    # (all but those of Inception's auxiliary head, which eval mode does not run)
+    left = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.net.modules())
+    assert left == (2 if arch == "inception_v3" else 0)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4 * float(want.abs().max()))
 
 
 def test_weights_dir_is_searched_first(tmp_path: Path) -> None:

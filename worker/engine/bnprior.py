@@ -24,15 +24,21 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from worker.engine.fold import FoldedBatchNorm
 
-def bn_layers(net: nn.Module) -> list[nn.BatchNorm2d]:
-    """The ``BatchNorm2d`` layers of ``net`` that keep running statistics, in module order."""
+
+def bn_layers(net: nn.Module) -> list[nn.BatchNorm2d | FoldedBatchNorm]:
+    """The ``BatchNorm2d`` layers of ``net`` that keep running statistics and those folded into
+    the convolution before them (``fold``), in module order."""
     return [
         m
         for m in net.modules()
-        if isinstance(m, nn.BatchNorm2d)
-        and m.running_mean is not None
-        and m.running_var is not None
+        if isinstance(m, FoldedBatchNorm)
+        or (
+            isinstance(m, nn.BatchNorm2d)
+            and m.running_mean is not None
+            and m.running_var is not None
+        )
     ]
 
 
@@ -41,10 +47,16 @@ STRIDE, STRIDE_FROM = 4, 1024
 order): a quarter of the cost where it is spent; smaller maps use all of theirs."""
 
 
-def layer_distance(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+def layer_distance(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    affine: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """(N,) float32: ``‖μ − mean‖₂ + ‖σ² − var‖₂`` for each of the N feature maps of ``x``
     (N, C, H, W), μ and σ² (biased) per channel over H × W (over every ``STRIDE``-th position of
-    maps of at least ``STRIDE_FROM``)."""
+    maps of at least ``STRIDE_FROM``). With ``affine`` = (scale, shift), per channel, the
+    statistics are those of ``x · scale + shift`` (a folded BatchNorm's input, from its output)."""
     # (N, H*W, C): a view when x is channels-last (the engine's default), reduced over positions;
     # σ² as E[x²] − μ²: the cheapest forward and backward here (about half of torch.var_mean's)
     y = x.float().permute(0, 2, 3, 1).flatten(1, 2)
@@ -52,6 +64,9 @@ def layer_distance(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> to
         y = y[:, ::STRIDE]
     mu = y.mean(dim=1)
     var_x = y.square().mean(dim=1) - mu.square()
+    if affine is not None:
+        scale, shift = affine[0].float(), affine[1].float()
+        mu, var_x = mu * scale + shift, var_x * scale.square()
     d_mean: torch.Tensor = torch.linalg.vector_norm(mu - mean.float(), dim=1)
     d_var: torch.Tensor = torch.linalg.vector_norm(var_x - var.float(), dim=1)
     return d_mean + d_var
@@ -94,12 +109,14 @@ def _collector(net: nn.Module) -> Collector:
 
         def hook(m: nn.Module, inp: tuple[Any, ...]) -> None:
             if c.active and torch.is_grad_enabled():
-                bn = cast(nn.BatchNorm2d, m)
+                bn = cast(nn.BatchNorm2d | FoldedBatchNorm, m)
+                affine = (bn.scale, bn.shift) if isinstance(bn, FoldedBatchNorm) else None
                 c.add(
                     layer_distance(
                         inp[0],
                         cast(torch.Tensor, bn.running_mean),
                         cast(torch.Tensor, bn.running_var),
+                        affine,
                     )
                 )
 
