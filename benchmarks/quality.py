@@ -79,6 +79,8 @@ DRAWS = {
     "extra4": 7077,
     "extra5": 8088,
     "extra6": 9099,
+    "extra7": 10110,
+    "extra8": 11211,
 }
 """Seeds of the class draws: ``sorted(random.Random(seed).sample(range(1000), 12))``."""
 DRAWN = {
@@ -92,6 +94,8 @@ DRAWN = {
     "extra4": [102, 110, 153, 249, 276, 523, 655, 761, 808, 895, 939, 940],
     "extra5": [94, 180, 353, 589, 621, 638, 825, 830, 862, 881, 891, 961],
     "extra6": [10, 24, 175, 333, 443, 519, 639, 735, 821, 823, 839, 947],
+    "extra7": [408, 450, 483, 527, 611, 705, 723, 753, 770, 803, 960, 987],
+    "extra8": [119, 258, 270, 314, 367, 409, 497, 747, 845, 861, 899, 958],
 }
 """The classes those seeds give (checked at start), kept so the draw never changes silently."""
 CLASSES_PER_DRAW = 12
