@@ -32,7 +32,7 @@ decoded again:
 
 The methods: ``old`` is the ``invariant+`` preset before issue 12 (kept here as ``OLD_PRESET``),
 ``prev`` the one its second pass chose (``PREV_PRESET``), ``sgm`` the fifth session's (the same
-with skip gradients, ``SGM_PRESET``), ``new`` is
+with skip gradients, ``SGM_PRESET``), ``ninth`` the ninth session's (``NINTH_PRESET``), ``new`` is
 ``OptimizeSpec(method="invariant+")`` as it is now; ``lucent`` is Lucent's default class
 visualization (the baseline of issue 12's table: torch-lucent's own parameterization and
 transforms, 512 steps; ``measure_lucent``; it needs ``pip install --no-deps torch-lucent==0.1.8
@@ -178,6 +178,13 @@ SGM_PRESET: dict[str, Any] = {
     "optimizer": {**PREV_PRESET["optimizer"], "skip_gradient": 0.5},
 }
 """``invariant+`` as the fifth session left it: ``PREV_PRESET`` with skip gradients of 0.5."""
+NINTH_PRESET: dict[str, Any] = {
+    "method": "invariant+",
+    "optimizer": {"max_steps_per_round": 30},
+    "augment": {"q_target": 0.999999},
+}
+"""``invariant+`` as the ninth session left it: rounds of 30 steps under views that end once the
+views' mean target probability passes 0.999999 (the rest as now)."""
 
 
 def _load() -> list[float] | None:
@@ -466,6 +473,7 @@ def main() -> None:
         "old": OptimizeSpec.model_validate(OLD_PRESET),
         "prev": OptimizeSpec.model_validate(PREV_PRESET),
         "sgm": OptimizeSpec.model_validate(SGM_PRESET),
+        "ninth": OptimizeSpec.model_validate(NINTH_PRESET),
         "new": OptimizeSpec(method="invariant+"),
     }
     for v in args.variant:
@@ -474,7 +482,9 @@ def main() -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
         if m not in specs and m != "lucent":
-            ap.error(f"unknown method {m!r}: old, prev, sgm, new, lucent or a --variant name")
+            ap.error(
+                f"unknown method {m!r}: old, prev, sgm, ninth, new, lucent or a --variant name"
+            )
 
     def spec_json(m: str) -> dict[str, Any]:
         return LUCENT_SPEC if m == "lucent" else specs[m].model_dump(mode="json")

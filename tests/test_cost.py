@@ -223,7 +223,7 @@ def test_view_scale_sets_the_step_pixels_and_keeps_the_upper_bound() -> None:
     assert estimate("visualize", small, sizes).passes < estimate("visualize", plain, sizes).passes
     assert estimate("visualize", small, sizes).largest_pass_pixels == 8 * 112 * 112
     assert estimate("visualize", plain, sizes).largest_pass_pixels == 8 * 224 * 224
-    step = 3 * 90 * 8  # 3 rounds of 30 steps, 8 views: forward + 2 backward each
+    step = 3 * 66 * 8  # 3 rounds of 22 steps, 8 views: forward + 2 backward each
     diff = image_passes(plain) - image_passes(small.model_copy(update={"views": plain.views}))
     assert diff == (step + 3 * 8) * 3 // 4  # and the 3 round-end forward passes of 8 views
     with pytest.raises(ValidationError):
