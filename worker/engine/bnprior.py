@@ -10,6 +10,10 @@ of the cost is). The engine subtracts ``weight × distance`` from each view's ob
 the layers' inputs: no extra pass. Per view, so it does not depend on how views and images are
 grouped into passes (batched equals one by one).
 
+A BatchNorm folded into the convolution before it (``fold``, how the registry loads models) is
+a ``FoldedBatchNorm``: its hook sees the layer's output and maps the statistics back to its input
+through the layer's affine, so the distance is the same up to float32 rounding.
+
 Models without ``BatchNorm2d`` (VGG) and nets this module cannot look into (exported programs,
 plain functions) get no prior (``collect`` yields a collector with no layers).
 """
