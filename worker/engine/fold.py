@@ -117,33 +117,43 @@ def _set(net: nn.Module, name: str, module: nn.Module) -> None:
     setattr(net.get_submodule(parent) if parent else net, child, module)
 
 
-def fold_padding(net: nn.Module) -> int:
-    """Replace, in place, each efficientnet_lite_pytorch convolution that pads both sides alike
-    by a plain ``nn.Conv2d`` padding by itself; return how many. Other nets have none."""
+def _padding_to_fold(m: nn.Module) -> tuple[int, int] | None:
+    """(top, left) when ``m`` is an efficientnet_lite_pytorch convolution whose zero padding is
+    the same on both sides; else None."""
     try:
         from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
     except ImportError:  # the package is not installed: none of its layers either
-        return 0
+        return None
+    pad = getattr(m, "static_padding", None)
+    if type(m) is not Conv2dStaticSamePadding or not isinstance(pad, nn.ZeroPad2d):
+        return None
+    left, right, top, bottom = pad.padding
+    if left != right or top != bottom or tuple(cast(nn.Conv2d, m).padding) != (0, 0):
+        return None
+    return top, left
+
+
+def fold_padding(net: nn.Module) -> int:
+    """Replace, in place, each efficientnet_lite_pytorch convolution that pads both sides alike
+    by a plain ``nn.Conv2d`` padding by itself; return how many. Other nets have none."""
     n = 0
     for name, m in list(net.named_modules()):
-        pad = getattr(m, "static_padding", None)
-        if type(m) is not Conv2dStaticSamePadding or not isinstance(pad, nn.ZeroPad2d):
+        pad = _padding_to_fold(m)
+        if pad is None:
             continue
-        left, right, top, bottom = pad.padding
-        if left != right or top != bottom or tuple(m.padding) != (0, 0):
-            continue
+        conv = cast(nn.Conv2d, m)
         plain = nn.Conv2d(
-            m.in_channels,
-            m.out_channels,
-            m.kernel_size,
-            stride=m.stride,
-            padding=(top, left),
-            dilation=m.dilation,
-            groups=m.groups,
-            bias=m.bias is not None,
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,  # type: ignore[arg-type]
+            stride=conv.stride,  # type: ignore[arg-type]
+            padding=pad,
+            dilation=conv.dilation,  # type: ignore[arg-type]
+            groups=conv.groups,
+            bias=conv.bias is not None,
         )
-        plain.load_state_dict(m.state_dict())
-        plain.requires_grad_(any(p.requires_grad for p in m.parameters()))
+        plain.load_state_dict(conv.state_dict())
+        plain.requires_grad_(any(p.requires_grad for p in conv.parameters()))
         _set(net, name, plain)
         n += 1
     return n
@@ -157,11 +167,11 @@ def fold(net: nn.Module, x: torch.Tensor) -> nn.Module:
     and nets with nothing to fold come back unchanged."""
     if isinstance(net, torch.jit.ScriptModule) or not isinstance(net, nn.Module) or net.training:
         return net
+    pairs = find_pairs(net, x)
+    if not pairs and not any(_padding_to_fold(m) is not None for m in net.modules()):
+        return net  # nothing to fold: no copy
     out = copy.deepcopy(net)
-    padded = fold_padding(out)
-    pairs = find_pairs(out, x)
-    if not pairs and not padded:
-        return net
+    fold_padding(out)  # the convolutions keep their names: the pairs still hold
     for conv_name, bn_name in pairs:
         conv = cast(nn.Conv2d, out.get_submodule(conv_name))
         bn = cast(nn.BatchNorm2d, out.get_submodule(bn_name))
