@@ -77,6 +77,11 @@ def _foldable(bn: nn.BatchNorm2d) -> bool:
 def find_pairs(net: nn.Module, x: torch.Tensor) -> list[tuple[str, str]]:
     """(conv name, BatchNorm name) for every ``Conv2d`` whose output goes straight into a foldable
     ``BatchNorm2d``, read from one forward pass of ``net`` on ``x``; both called exactly once."""
+    return _pairs_and_output(net, x)[0]
+
+
+def _pairs_and_output(net: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, str]], Any]:
+    """``find_pairs`` and the output of its forward pass (the reference for the folded net)."""
     calls: dict[str, int] = {}
     made_by: dict[int, tuple[str, torch.Tensor]] = {}  # id(output) -> (conv, output kept alive)
     fed: dict[str, str] = {}  # BatchNorm name -> conv name
@@ -105,11 +110,11 @@ def find_pairs(net: nn.Module, x: torch.Tensor) -> list[tuple[str, str]]:
             handles.append(m.register_forward_hook(on_conv(name)))
     try:
         with torch.no_grad():
-            net(x)
+            out = net(x)
     finally:
         for h in handles:
             h.remove()
-    return [(c, b) for b, c in fed.items() if calls.get(b) == 1 and calls.get(c) == 1]
+    return [(c, b) for b, c in fed.items() if calls.get(b) == 1 and calls.get(c) == 1], out
 
 
 def _set(net: nn.Module, name: str, module: nn.Module) -> None:
@@ -167,7 +172,7 @@ def fold(net: nn.Module, x: torch.Tensor) -> nn.Module:
     and nets with nothing to fold come back unchanged."""
     if isinstance(net, torch.jit.ScriptModule) or not isinstance(net, nn.Module) or net.training:
         return net
-    pairs = find_pairs(net, x)
+    pairs, reference = _pairs_and_output(net, x)
     if not pairs and not any(_padding_to_fold(m) is not None for m in net.modules()):
         return net  # nothing to fold: no copy
     out = copy.deepcopy(net)
@@ -180,7 +185,7 @@ def fold(net: nn.Module, x: torch.Tensor) -> nn.Module:
         conv.weight, conv.bias = (nn.Parameter(w.detach(), False), nn.Parameter(b.detach(), False))
         _set(out, bn_name, FoldedBatchNorm(bn))
     with torch.no_grad():
-        want, got = _logits(net(x)), _logits(out(x))
+        want, got = _logits(reference), _logits(out(x))
     err = float((want - got).abs().max())
     if not err <= LOGIT_TOLERANCE * (1.0 + float(want.abs().max())):
         log.warning("nothing folded: the folded net's logits differ by %.3g", err)
