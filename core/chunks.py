@@ -152,17 +152,22 @@ class ChunkStore:
         return bool(res)
 
     def start_chunk(self, job_id: str, i: int, max_attempts: int) -> tuple[str, str]:
-        """``("run", attempt)`` or why not: done, canceled, finished, exhausted, missing."""
+        """``("run", attempt)`` or why not: done, canceled, finished, exhausted, missing. A start
+        that ends the job (canceled, exhausted) counts its run time in the duration histogram."""
         k = self.keys
+        now = time.time()
         res = cast(
             list[Any],
             self._start(
                 keys=[k.job(job_id), k.chunk_attempts(job_id), k.chunks(job_id), k.current,
                       k.total],
-                args=[i, max_attempts, repr(time.time()), self.ttl],
+                args=[i, max_attempts, repr(now), self.ttl],
             ),
         )  # fmt: skip
-        return _s(res[0]) or "", _s(res[1]) or ""
+        verdict = _s(res[0]) or ""
+        if verdict in ("canceled", "exhausted"):  # this start ended the job
+            self._count_duration(job_id, now)
+        return verdict, _s(res[1]) or ""
 
     def cancel_requested(self, job_id: str) -> bool:
         flag = cast(bytes | None, self.r.hget(self.keys.job(job_id), "cancel_requested"))

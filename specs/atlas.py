@@ -25,7 +25,19 @@ from specs import (
 
 MAX_ATLAS_CLASSES = 10_000
 MAX_CHUNK = 64
-_RANGE = re.compile(r"^\s*([0-9]{1,9})\s*-\s*([0-9]{1,9})\s*$")
+_RANGE = re.compile(r"^\s*([0-9]+)\s*-\s*([0-9]+)\s*$")
+_BIG = 10**12
+"""Where a range's end counts as "past every class": longer numbers are not converted."""
+
+
+def _ends(m: re.Match[str]) -> tuple[int, int]:
+    """A range's two ends, each at most :data:`_BIG` (a 5,000-digit end is not converted)."""
+
+    def num(digits: str) -> int:
+        digits = digits.lstrip("0") or "0"
+        return int(digits) if len(digits) <= 12 else _BIG
+
+    return num(m.group(1)), num(m.group(2))
 
 
 def _items(classes: str | Sequence[Target]) -> list[Target]:
@@ -76,7 +88,7 @@ class AtlasSpec(OptimizeSpec):
                 if not item.strip():
                     raise ValueError("a class name must not be empty")
                 m = _RANGE.match(item)
-                if m and int(m.group(1)) > int(m.group(2)):
+                if m and _ends(m)[0] > _ends(m)[1]:
                     raise ValueError(f"range {item!r} runs backwards")
         return v
 
@@ -100,7 +112,7 @@ def resolve_classes(
     bad: list[tuple[int, str]] = []
     for pos, item in enumerate(items):
         if isinstance(item, str) and (m := _RANGE.match(item)):
-            a, b = int(m.group(1)), int(m.group(2))
+            a, b = _ends(m)
             if b >= n:
                 bad.append((pos, f"range {item!r} goes past the last class {n - 1}"))
                 continue
@@ -137,7 +149,7 @@ def class_count(spec: AtlasSpec) -> int:
     n = 0
     for item in items:
         m = _RANGE.match(item) if isinstance(item, str) else None
-        n += int(m.group(2)) - int(m.group(1)) + 1 if m else 1
+        n += _ends(m)[1] - _ends(m)[0] + 1 if m else 1
     return n
 
 

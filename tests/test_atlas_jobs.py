@@ -47,9 +47,14 @@ def test_classes_lists_ranges_and_names_in_class_order_once() -> None:
     # "²".isdigit() is true and int() refuses it; 5,000 digits are no index either
     _, bad = resolve_classes(AtlasSpec(classes=["²", "1" * 5000, "007"]), TINY_LABELS)
     assert [pos for pos, _ in bad] == [0, 1] and "out of range" in bad[1][1]
+    # ranges of any length: past the last class, not "no class"
+    big = ["0-99999999999", "3-" + "9" * 5000, "0000000000005-0000000000007"]
+    found, bad = resolve_classes(AtlasSpec(classes=big), TINY_LABELS)
+    assert found == [5, 6, 7] and [pos for pos, _ in bad] == [0, 1]
+    assert all("goes past the last class 9" in msg for _, msg in bad)
 
 
-@pytest.mark.parametrize("classes", ["", [], "5-2", [-1], [" "]])
+@pytest.mark.parametrize("classes", ["", [], "5-2", [-1], [" "], "99999999999999-3"])
 def test_bad_classes_are_refused(classes: Any) -> None:
     with pytest.raises(ValidationError):
         AtlasSpec(classes=classes)
@@ -162,12 +167,17 @@ def test_chunk_start_sees_cancel_and_counts_attempts(stores: tuple[JobStore, Chu
     assert cs.start_chunk("b1", 0, 1) == ("exhausted", "1")
     rec = jobs.get("b1")
     assert rec is not None and rec["status"] == "failed" and "chunk 0" in rec["error"]["message"]
+    hist = jobs.keys.duration("atlas")
+    assert jobs.r.hget(hist, "count") == b"1"  # the start that ended it counted its run time
+    assert cs.start_chunk("b1", 1, 1) == ("finished", "failed")
+    assert jobs.r.hget(hist, "count") == b"1"  # a start that finds it ended counts nothing
     create_job(jobs, "b2", "atlas", {})
     jobs.start("b2", 3)
     cs.plan("b2", [0, 1], 2)
     jobs.r.hset(jobs.keys.job("b2"), "cancel_requested", "1")  # what POST .../cancel does
     assert cs.start_chunk("b2", 1, 3) == ("canceled", "running")
     assert jobs.get("b2")["status"] == "canceled"  # type: ignore[index]
+    assert jobs.r.hget(hist, "count") == b"2"
     assert cs.publish_chunk("b2", 1, _entry(1, [1]), {})[0] == "superseded"
 
 

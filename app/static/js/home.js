@@ -111,12 +111,23 @@ export function renderHome(root, params) {
     state.refresh();
   }
 
+  // A page that the store's scan budget cut short (few or no matches among many jobs) comes
+  // with a cursor: follow it, a few calls per page shown, until the page is full.
   async function load() {
-    const q = new URLSearchParams({ limit: String(25 * state.pages) });
-    if (state.status) q.set("status", state.status);
-    if (state.kind) q.set("kind", state.kind);
-    const res = await api.get(`/jobs?${q}`);
-    return res;
+    const want = 25 * state.pages;
+    const items = [];
+    let cursor = null;
+    for (let calls = 0; calls < 2 * state.pages; calls++) {
+      const q = new URLSearchParams({ limit: String(want - items.length) });
+      if (state.status) q.set("status", state.status);
+      if (state.kind) q.set("kind", state.kind);
+      if (cursor) q.set("cursor", cursor);
+      const res = await api.get(`/jobs?${q}`);
+      items.push(...res.items);
+      cursor = res.next_cursor;
+      if (!cursor || items.length >= want) break;
+    }
+    return { items, next_cursor: cursor, short: Boolean(cursor) && items.length < want };
   }
 
   state.refresh = async (reset) => {
@@ -135,9 +146,15 @@ export function renderHome(root, params) {
       clear(list.tbody);
       for (const job of res.items) list.tbody.append(jobRow(job, cancel));
       if (!res.items.length) {
-        list.tbody.append(h("tr.empty", h("td", { colSpan: 7 }, state.status || state.kind ? "No job matches the filters." : "No jobs yet: submit one with the form.")));
+        const text = res.short
+          ? "No job matches the filters among the newest jobs searched."
+          : state.status || state.kind
+            ? "No job matches the filters."
+            : "No jobs yet: submit one with the form.";
+        list.tbody.append(h("tr.empty", h("td", { colSpan: 7 }, text)));
       }
       list.more.hidden = !res.next_cursor;
+      list.more.textContent = res.short ? "Search older jobs" : "Older jobs";
     } catch (err) {
       if (!state.alive) return;
       clear(list.msg).append(errorBox(err, "Could not load the jobs"));
