@@ -54,6 +54,63 @@ def test_large_maps_take_every_fourth_position() -> None:
     )
 
 
+def _autograd_distance(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    affine: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The formula, every operation left to autograd: the reference for the written-out gradient."""
+    y = x.float().permute(0, 2, 3, 1).flatten(1, 2)
+    if y.shape[1] >= BP.STRIDE_FROM:
+        y = y[:, :: BP.STRIDE]
+    mu = y.mean(dim=1)
+    v = y.square().mean(dim=1) - mu.square()
+    if affine is not None:
+        mu, v = mu * affine[0] + affine[1], v * affine[0].square()
+    return torch.linalg.vector_norm(mu - mean, dim=1) + torch.linalg.vector_norm(v - var, dim=1)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (2, 3, 32, 33), (2, 4, 40, 40)])
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_written_out_gradient_equals_autograds(
+    shape: tuple[int, int, int, int], affine: bool, channels_last: bool
+) -> None:
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    c = shape[1]
+    mean, var = torch.randn(c, generator=g), torch.rand(c, generator=g)
+    aff = (torch.randn(c, generator=g), torch.randn(c, generator=g)) if affine else None
+    w = torch.randn(shape[0], generator=g)  # a different weight per view
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    d1 = BP.layer_distance(x1, mean, var, aff)
+    d2 = _autograd_distance(x2, mean, var, aff)
+    assert torch.equal(d1, d2)  # the same forward operations
+    (g1,) = torch.autograd.grad((d1 * w).sum(), x1)
+    (g2,) = torch.autograd.grad((d2 * w).sum(), x2)
+    assert g1.dtype == x.dtype and g1.shape == x.shape
+    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6 * float(g2.abs().max()))
+    if shape[2] * shape[3] >= BP.STRIDE_FROM:  # positions not used get no gradient
+        skipped = g1.permute(0, 2, 3, 1).flatten(1, 2)[:, 1 :: BP.STRIDE]
+        assert not skipped.any()
+
+
+def test_written_out_gradient_where_a_statistic_matches_exactly() -> None:
+    # the mean is exactly the running mean: ‖μ − mean‖ = 0, whose gradient autograd takes as 0
+    x = torch.tensor([[[[1.0, 3.0], [5.0, 7.0]]]], requires_grad=True)
+    d = BP.layer_distance(x, torch.tensor([4.0]), torch.tensor([1.0]))
+    (grad,) = torch.autograd.grad(d.sum(), x)
+    # d = |σ² − 1| = 4 over y: ∂σ²/∂y = 2 (y − 4) / 4
+    torch.testing.assert_close(grad, torch.tensor([[[[-1.5, -0.5], [0.5, 1.5]]]]))
+    xb = x.detach().bfloat16().requires_grad_(True)  # autocast's maps: float32 distance
+    db = BP.layer_distance(xb, torch.zeros(1), torch.zeros(1))
+    assert db.dtype == torch.float32
+    assert torch.autograd.grad(db.sum(), xb)[0].dtype == torch.bfloat16
+
+
 def small_net() -> nn.Sequential:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
