@@ -19,21 +19,27 @@ def saved_and_reloaded(image: torch.Tensor) -> torch.Tensor:
     return decode_image(encode_png(image))[None]
 
 
-def test_invariant_soccer_ball_survives_random_rotations_and_vanilla_does_not(
+def test_invariant_pictures_survive_random_rotations_and_vanilla_ones_do_not(
     lite: LoadedModel,
 ) -> None:
-    target = torch.tensor([lite.info.resolve_target("soccer ball")])
+    """Three classes, because one picture's figure under the views is chaotic: the same spec
+    gave the soccer ball 0.80 at one torch thread and 0.30 at two on one CPU (the summation
+    order differs), and 0.26–0.98 over five classes; vanilla's pictures stayed at most 0.002."""
     angles, scales = T.random_views(
         RandomViews(count=16, seed=2026, max_rotation=360.0, scale_min=0.8, scale_max=1.2)
     )
-    invariant = O.visualize(lite, flat_gray([0], 224), target, OptimizeSpec())[0]
-    vanilla = O.visualize(lite, flat_gray([0], 224), target, OptimizeSpec(method="vanilla"))[0]
-
-    inv = saved_and_reloaded(invariant.image)
-    van = saved_and_reloaded(vanilla.image)
-    assert float(O.target_probs(lite, inv, target)[0]) >= 0.9
-    assert float(O.target_probs(lite, van, target)[0]) >= 0.9  # both are confident at identity
-    inv_views = float(O.view_probs(lite, inv, target, angles, scales).mean())
-    van_views = float(O.view_probs(lite, van, target, angles, scales).mean())
-    assert inv_views >= 0.5, inv_views
-    assert van_views < 0.1, van_views
+    inv_views, van_views = [], []
+    for name in ("soccer ball", "daisy", "king crab"):
+        target = torch.tensor([lite.info.resolve_target(name)])
+        start = flat_gray([0], 224)
+        invariant = O.visualize(lite, start, target, OptimizeSpec())[0]
+        vanilla = O.visualize(lite, start, target, OptimizeSpec(method="vanilla"))[0]
+        inv = saved_and_reloaded(invariant.image)
+        van = saved_and_reloaded(vanilla.image)
+        assert float(O.target_probs(lite, inv, target)[0]) >= 0.9, name
+        assert float(O.target_probs(lite, van, target)[0]) >= 0.9, name  # both sure at identity
+        inv_views.append(float(O.view_probs(lite, inv, target, angles, scales).mean()))
+        van_views.append(float(O.view_probs(lite, van, target, angles, scales).mean()))
+    assert max(van_views) < 0.02, van_views
+    assert min(inv_views) >= 0.1, inv_views  # every invariant picture: 50 times vanilla's or more
+    assert sum(inv_views) / 3 >= 0.35, inv_views
