@@ -261,6 +261,41 @@ def test_cancel_from_the_job_list(page: Any, live: LiveService, shots: Shots) ->
     assert not page.console_errors, page.console_errors
 
 
+def test_the_list_searches_past_jobs_of_other_keys(page: Any, live: LiveService) -> None:
+    """A page that the store's scan budget (5,000 index rows a call) cut short is followed on:
+    behind 10,100 newer jobs of another key, the list first says it searched the newest jobs and
+    offers to search older ones, and that button finds this key's job."""
+    job_id = live.submit({"model": "tiny", "method": "vanilla", "targets": [4],
+                          "optimizer": {"max_steps_per_round": 1}})  # fmt: skip
+    live.wait_status(job_id, {"succeeded"})
+    r, keys = live.store.r, live.store.keys
+    now = time.time()
+    others = [f"other-{i:05d}" for i in range(10_100)]
+    pipe = r.pipeline(transaction=False)
+    for i, jid in enumerate(others):  # what another key's finished jobs look like in the store
+        pipe.hset(keys.job(jid), mapping={"id": jid, "kind": "visualize", "status": "succeeded",
+                                          "created_at": repr(now + i), "owner": "someone-else",
+                                          "spec": "{}", "attempts": "1"})  # fmt: skip
+        pipe.zadd(keys.index, {jid: now + i})
+    pipe.execute()
+    try:
+        page.goto(live.url + "/#/?status=succeeded")
+        page.wait_for_selector("tr.empty")
+        assert "among the newest jobs searched" in page.locator("tr.empty").inner_text()
+        more = page.locator("button.more")
+        assert more.is_visible() and more.inner_text() == "Search older jobs"
+        more.click()
+        page.locator(f"tr.job-row[data-id='{job_id}']").wait_for()
+        assert page.locator("tr.job-row").first.get_attribute("data-id") == job_id
+        assert not page.locator("button.more").is_visible()  # the index was read to its end
+        assert not page.console_errors, page.console_errors
+    finally:
+        pipe = r.pipeline(transaction=False)
+        pipe.zrem(keys.index, *others)
+        pipe.delete(*(keys.job(jid) for jid in others))
+        pipe.execute()
+
+
 def test_entropy_sweep_through_the_form(page: Any, live: LiveService, shots: Shots) -> None:
     """A sweep over three gray levels: four rows of pictures, two plots, the best gray."""
     page.goto(live.url + "/")
@@ -459,37 +494,3 @@ def test_worker_down_and_a_failed_job(page: Any, live: LiveService, shots: Shots
     assert page.locator("#cancel-job").is_hidden()
     shots("02-failed", full_page=False)
 
-
-def test_the_list_searches_past_jobs_of_other_keys(page: Any, live: LiveService) -> None:
-    """A page that the store's scan budget (5,000 index rows a call) cut short is followed on:
-    behind 10,100 newer jobs of another key, the list first says it searched the newest jobs and
-    offers to search older ones, and that button finds this key's job."""
-    job_id = live.submit({"model": "tiny", "method": "vanilla", "targets": [4],
-                          "optimizer": {"max_steps_per_round": 1}})  # fmt: skip
-    live.wait_status(job_id, {"succeeded"})
-    r, keys = live.store.r, live.store.keys
-    now = time.time()
-    others = [f"other-{i:05d}" for i in range(10_100)]
-    pipe = r.pipeline(transaction=False)
-    for i, jid in enumerate(others):  # what another key's finished jobs look like in the store
-        pipe.hset(keys.job(jid), mapping={"id": jid, "kind": "visualize", "status": "succeeded",
-                                          "created_at": repr(now + i), "owner": "someone-else",
-                                          "spec": "{}", "attempts": "1"})  # fmt: skip
-        pipe.zadd(keys.index, {jid: now + i})
-    pipe.execute()
-    try:
-        page.goto(live.url + "/#/?status=succeeded")
-        page.wait_for_selector("tr.empty")
-        assert "among the newest jobs searched" in page.locator("tr.empty").inner_text()
-        more = page.locator("button.more")
-        assert more.is_visible() and more.inner_text() == "Search older jobs"
-        more.click()
-        page.locator(f"tr.job-row[data-id='{job_id}']").wait_for()
-        assert page.locator("tr.job-row").first.get_attribute("data-id") == job_id
-        assert not page.locator("button.more").is_visible()  # the index was read to its end
-        assert not page.console_errors, page.console_errors
-    finally:
-        pipe = r.pipeline(transaction=False)
-        pipe.zrem(keys.index, *others)
-        pipe.delete(*(keys.job(jid) for jid in others))
-        pipe.execute()
