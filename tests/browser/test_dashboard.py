@@ -493,4 +493,3 @@ def test_worker_down_and_a_failed_job(page: Any, live: LiveService, shots: Shots
     assert page.locator("#job-status").inner_text() == "failed"
     assert page.locator("#cancel-job").is_hidden()
     shots("02-failed", full_page=False)
-
