@@ -81,6 +81,8 @@ DRAWS = {
     "extra6": 9099,
     "extra7": 10110,
     "extra8": 11211,
+    "extra9": 12312,
+    "extra10": 13413,
 }
 """Seeds of the class draws: ``sorted(random.Random(seed).sample(range(1000), 12))``."""
 DRAWN = {
@@ -96,6 +98,8 @@ DRAWN = {
     "extra6": [10, 24, 175, 333, 443, 519, 639, 735, 821, 823, 839, 947],
     "extra7": [408, 450, 483, 527, 611, 705, 723, 753, 770, 803, 960, 987],
     "extra8": [119, 258, 270, 314, 367, 409, 497, 747, 845, 861, 899, 958],
+    "extra9": [63, 70, 143, 289, 314, 351, 453, 606, 657, 672, 715, 762],
+    "extra10": [170, 205, 239, 306, 357, 393, 557, 564, 918, 946, 959, 995],
 }
 """The classes those seeds give (checked at start), kept so the draw never changes silently."""
 CLASSES_PER_DRAW = 12
