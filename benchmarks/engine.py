@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from specs import DEFAULT_GRAY_LEVELS, Operation, OptimizerSettings, OptimizeSpec
+from worker import malloc
 from worker.engine import optimize as O
 from worker.engine.images import flat_gray
 from worker.engine.models import LoadedModel, Registry
@@ -259,7 +260,12 @@ def main() -> None:
     p.add_argument(
         "--skip", help="comma-separated figures to leave out: steps,sweep,default,classes,long"
     )
+    p.add_argument(
+        "--glibc-malloc", action="store_true", help="leave glibc's allocator as it is (a worker "
+        "tunes it: worker.malloc, TIVIS_TUNE_MALLOC)",
+    )  # fmt: skip
     args = p.parse_args()
+    malloc_tuned = False if args.glibc_malloc else malloc.tune()
     args.skip = set(args.skip.split(",")) if args.skip else set()
     dev = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -281,6 +287,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "malloc_tuned": malloc_tuned,
         "image_size": model.info.input_size,
         "batchnorm_folded": args.fold,
         "steps_timed": args.steps,

@@ -62,6 +62,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from specs import OptimizeSpec, RandomViews
+from worker import malloc
 from worker.engine import optimize as O
 from worker.engine import render
 from worker.engine import transforms as T
@@ -469,7 +470,12 @@ def main() -> None:
     ap.add_argument("--sheet-dir", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default="cpu2", help="suffix of the sheet names")
     ap.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument(
+        "--glibc-malloc", action="store_true", help="leave glibc's allocator as it is (a worker "
+        "tunes it: worker.malloc, TIVIS_TUNE_MALLOC)",
+    )  # fmt: skip
     args = ap.parse_args()
+    malloc_tuned = False if args.glibc_malloc else malloc.tune()
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -530,6 +536,7 @@ def main() -> None:
             "cpu_count": os.cpu_count(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "malloc_tuned": malloc_tuned,
             "shared": "the 2-core development VM, shared by several engineers while this ran",
             "load_after": _load(),
         },

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         default=True, description="NHWC memory layout (faster on GPU and CPU)"
     )
     compile: bool = Field(default=False, description="torch.compile the model (CUDA)")
+    tune_malloc: bool = Field(
+        default=True,
+        description="glibc keeps blocks up to 32 MiB and freed memory in the worker's heap, so "
+        "each pass reuses warm pages (worker.malloc; the worker keeps its peak memory)",
+    )
     pass_memory_mb: int = Field(
         default=0,
         ge=0,

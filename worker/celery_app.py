@@ -224,5 +224,9 @@ def _process_init(**_: Any) -> None:
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
+    if settings.tune_malloc:
+        from worker import malloc
+
+        malloc.tune()
     tasks.reset_state()
     tasks.state()

@@ -134,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--rect", action="append", help="x,y,width,height in image pixels (repeatable)"
             )
     args = parser.parse_args(argv)
+    from worker import malloc
+
+    malloc.tune()  # as a worker process does (TIVIS_TUNE_MALLOC)
     if args.command in ("classify", "screen"):
         return _classify_or_screen(parser, args)
 
