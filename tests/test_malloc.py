@@ -65,8 +65,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
 @glibc
 def test_passes_reuse_warm_pages_instead_of_faulting_in_new_ones() -> None:
     # as glibc sets itself, the maps of every pass come from fresh mmaps: tens of thousands of
-    # page faults over 10 passes on this machine; tuned, the heap keeps them: none, or one map's worth
-    # where the heap grows once more (0 to 6,000 seen against 32,000 to 51,000 in 5 passes)
+    # page faults on this machine (32,000 to 51,000 in 5 passes); tuned, the heap keeps them:
+    # none, or one map's worth where the heap grows once more (0 to 6,000 seen)
     def faults(setting: str) -> int:
         out = subprocess.run([sys.executable, "-c", STEPS, setting], cwd=ROOT,
                              capture_output=True, text=True)  # fmt: skip
