@@ -37,27 +37,7 @@ from worker.engine.models import Registry
 FUSED = BP.layer_distance
 
 
-def autograd_distance(
-    x: torch.Tensor,
-    mean: torch.Tensor,
-    var: torch.Tensor,
-    affine: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """The engine's distance before, every operation recorded by autograd."""
-    y = x.float().permute(0, 2, 3, 1).flatten(1, 2)
-    if y.shape[1] >= BP.STRIDE_FROM:
-        y = y[:, :: BP.STRIDE]
-    mu = y.mean(dim=1)
-    var_x = y.square().mean(dim=1) - mu.square()
-    if affine is not None:
-        scale, shift = affine[0].float(), affine[1].float()
-        mu, var_x = mu * scale + shift, var_x * scale.square()
-    d_mean = torch.linalg.vector_norm(mu - mean.float(), dim=1)
-    d_var = torch.linalg.vector_norm(var_x - var.float(), dim=1)
-    return d_mean + d_var
-
-
-IMPLS = {"autograd": autograd_distance, "fused": FUSED}
+IMPLS = {"autograd": BP.autograd_distance, "fused": FUSED}
 
 
 def step_seconds(model: Any, x: torch.Tensor) -> float:

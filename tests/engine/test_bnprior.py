@@ -54,23 +54,6 @@ def test_large_maps_take_every_fourth_position() -> None:
     )
 
 
-def _autograd_distance(
-    x: torch.Tensor,
-    mean: torch.Tensor,
-    var: torch.Tensor,
-    affine: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """The formula, every operation left to autograd: the reference for the written-out gradient."""
-    y = x.float().permute(0, 2, 3, 1).flatten(1, 2)
-    if y.shape[1] >= BP.STRIDE_FROM:
-        y = y[:, :: BP.STRIDE]
-    mu = y.mean(dim=1)
-    v = y.square().mean(dim=1) - mu.square()
-    if affine is not None:
-        mu, v = mu * affine[0] + affine[1], v * affine[0].square()
-    return torch.linalg.vector_norm(mu - mean, dim=1) + torch.linalg.vector_norm(v - var, dim=1)
-
-
 @pytest.mark.parametrize("shape", [(3, 5, 4, 6), (2, 3, 32, 33), (2, 4, 40, 40)])
 @pytest.mark.parametrize("affine", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -87,7 +70,7 @@ def test_written_out_gradient_equals_autograds(
     w = torch.randn(shape[0], generator=g)  # a different weight per view
     x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     d1 = BP.layer_distance(x1, mean, var, aff)
-    d2 = _autograd_distance(x2, mean, var, aff)
+    d2 = BP.autograd_distance(x2, mean, var, aff)
     assert torch.equal(d1, d2)  # the same forward operations
     (g1,) = torch.autograd.grad((d1 * w).sum(), x1)
     (g2,) = torch.autograd.grad((d2 * w).sum(), x2)

@@ -136,6 +136,24 @@ def layer_distance(
     return out
 
 
+def autograd_distance(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    affine: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``layer_distance`` with every operation recorded by autograd: the engine's before, and
+    the reference its written-out gradient is tested and timed against."""
+    _, mu, var_x = _stats(x)
+    if affine is not None:
+        scale, shift = affine[0].float(), affine[1].float()
+        mu, var_x = mu * scale + shift, var_x * scale.square()
+    d_mean = torch.linalg.vector_norm(mu - mean.float(), dim=1)
+    d_var = torch.linalg.vector_norm(var_x - var.float(), dim=1)
+    out: torch.Tensor = d_mean + d_var
+    return out
+
+
 class Collector:
     """What a model's hooks add up during the forward passes of one ``collect`` block."""
 
