@@ -38,6 +38,14 @@ class Version:
     def meta(self) -> dict[str, Any]:
         return dict(json.loads((self.path / META).read_text()))
 
+    def meta_or_none(self) -> dict[str, Any] | None:
+        """``meta()``, or None once the version is gone (a failed validation removes its
+        folder, maybe between a listing and this read)."""
+        try:
+            return self.meta()
+        except FileNotFoundError:
+            return None
+
     def ready_info(self) -> dict[str, Any] | None:
         try:
             return dict(json.loads((self.path / READY).read_text()))

@@ -85,8 +85,10 @@ async def _registered(services: Services, name: str) -> dict[str, Any] | None:
         rec = records.get(ref) or {}
         version = disk.get(ref)
         view: dict[str, Any] = {"version": ref, "status": "pending", "error": None}
-        if version is not None:
-            meta = await anyio.to_thread.run_sync(version.meta)
+        meta = await anyio.to_thread.run_sync(version.meta_or_none) if version else None
+        if meta is None:  # not on disk, or removed since the listing
+            version = None
+        if version is not None and meta is not None:
             rec = {**meta, **rec}
             ready = await anyio.to_thread.run_sync(version.ready_info)
             if ready is not None:

@@ -227,6 +227,27 @@ def test_failed_validation_leaves_nothing(
     assert r.status_code == 422
 
 
+def test_a_version_removed_between_listing_and_reading_is_not_a_500(
+    service: Service, store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed validation removes the version's folder; a GET that listed the folder just
+    before reads no meta.json then (seen once in CI as a 500). Here the listing is made to
+    return a version whose folder is already gone: the model is unknown, not an error."""
+    from core import modelstore as ms
+
+    gone = ms.Version("vanished", 1, store_dir / "vanished@1")
+    real = ms.versions
+
+    def listing(store: Path, name: str | None = None) -> list[ms.Version]:
+        return [gone] if name == "vanished" else real(store, name)
+
+    monkeypatch.setattr(ms, "versions", listing)  # what the API's route calls
+    assert gone.meta_or_none() is None
+    for ref in ("vanished", "vanished@1"):
+        r = service.c.get(f"/models/{ref}")
+        assert r.status_code == 404, r.text
+
+
 def test_only_an_admin_key_registers_or_deletes(
     redis_server: Any, service: Service, store_dir: Path, tmp_path: Path
 ) -> None:
