@@ -87,6 +87,7 @@ def time_steps(
     chunk = O.plan_passes(model, rt, size, batch, 1, grad=True).images
     engine, bare = [], []
     _peak_start(dev)
+
     def run_engine() -> float:
         x = flat_gray([255] * batch, size, device=dev)  # far from any target: no early stop
         _sync(dev)

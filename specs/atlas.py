@@ -26,7 +26,8 @@ from specs import (
 MAX_ATLAS_CLASSES = 10_000
 MAX_CHUNK = 64
 _RANGE = re.compile(r"^\s*([0-9]+)\s*-\s*([0-9]+)\s*$")
-_BIG = 10**12
+_MAX_DIGITS = 12
+_BIG = 10**_MAX_DIGITS
 """Where a range's end counts as "past every class": longer numbers are not converted."""
 
 
@@ -35,7 +36,7 @@ def _ends(m: re.Match[str]) -> tuple[int, int]:
 
     def num(digits: str) -> int:
         digits = digits.lstrip("0") or "0"
-        return int(digits) if len(digits) <= 12 else _BIG
+        return int(digits) if len(digits) <= _MAX_DIGITS else _BIG
 
     return num(m.group(1)), num(m.group(2))
 
@@ -88,7 +89,7 @@ class AtlasSpec(OptimizeSpec):
                 if not item.strip():
                     raise ValueError("a class name must not be empty")
                 m = _RANGE.match(item)
-                if m and _ends(m)[0] > _ends(m)[1]:
+                if m and (ends := _ends(m))[0] > ends[1]:
                     raise ValueError(f"range {item!r} runs backwards")
         return v
 
@@ -149,7 +150,11 @@ def class_count(spec: AtlasSpec) -> int:
     n = 0
     for item in items:
         m = _RANGE.match(item) if isinstance(item, str) else None
-        n += _ends(m)[1] - _ends(m)[0] + 1 if m else 1
+        if m:
+            a, b = _ends(m)
+            n += b - a + 1
+        else:
+            n += 1
     return n
 
 

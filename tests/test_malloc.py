@@ -4,6 +4,7 @@ a process cannot go back to glibc's defaults."""
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 glibc = pytest.mark.skipif(
-    not sys.platform.startswith("linux")
-    or "glibc" not in " ".join(__import__("platform").libc_ver()),
+    not sys.platform.startswith("linux") or "glibc" not in " ".join(platform.libc_ver()),
     reason="glibc only",
 )
 

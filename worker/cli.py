@@ -134,9 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--rect", action="append", help="x,y,width,height in image pixels (repeatable)"
             )
     args = parser.parse_args(argv)
+    from core.settings import get_settings
     from worker import malloc
 
-    malloc.tune()  # as a worker process does (TIVIS_TUNE_MALLOC)
+    if get_settings().tune_malloc:  # as a worker process does
+        malloc.tune()
     if args.command in ("classify", "screen"):
         return _classify_or_screen(parser, args)
 

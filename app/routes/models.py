@@ -86,9 +86,9 @@ async def _registered(services: Services, name: str) -> dict[str, Any] | None:
         version = disk.get(ref)
         view: dict[str, Any] = {"version": ref, "status": "pending", "error": None}
         meta = await anyio.to_thread.run_sync(version.meta_or_none) if version else None
-        if meta is None:  # not on disk, or removed since the listing
+        if version is None or meta is None:  # not on disk, or removed since the listing
             version = None
-        if version is not None and meta is not None:
+        else:
             rec = {**meta, **rec}
             ready = await anyio.to_thread.run_sync(version.ready_info)
             if ready is not None:

@@ -51,15 +51,20 @@ STRIDE, STRIDE_FROM = 4, 1024
 order): a quarter of the cost where it is spent; smaller maps use all of theirs."""
 
 
-def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``x`` (N, C, H, W) as float32 (N, P, C) over the positions used, and its μ and σ² (N, C)."""
-    # (N, H*W, C): a view when x is channels-last (the engine's default), reduced over positions;
-    # σ² as E[x²] − μ²: the cheapest forward and backward here (about half of torch.var_mean's)
-    y = x.float().permute(0, 2, 3, 1).flatten(1, 2)
-    if y.shape[1] >= STRIDE_FROM:
-        y = y[:, ::STRIDE]
+def _positions(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` (N, C, H, W) as float32 (N, H*W, C), and the positions used of it (N, P, C): every
+    ``STRIDE``-th of maps of at least ``STRIDE_FROM``, else all. Views when x is channels-last
+    (the engine's default) and float32."""
+    flat = x.float().permute(0, 2, 3, 1).flatten(1, 2)
+    return flat, flat[:, ::STRIDE] if flat.shape[1] >= STRIDE_FROM else flat
+
+
+def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """μ and σ² (N, C) of ``x`` over the positions used; σ² as E[x²] − μ²: the cheapest forward
+    and backward here (about half of torch.var_mean's)."""
+    y = _positions(x)[1]
     mu = y.mean(dim=1)
-    return y, mu, y.square().mean(dim=1) - mu.square()
+    return mu, y.square().mean(dim=1) - mu.square()
 
 
 def _unit(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,33 +91,26 @@ class _LayerDistance(torch.autograd.Function):
         scale: torch.Tensor | None,
         shift: torch.Tensor | None,
     ) -> torch.Tensor:
-        _, mu, var_x = _stats(x)
-        s2 = None
-        if scale is not None and shift is not None:
-            sc = scale.float()
-            s2 = sc.square()
-            mu_a, var_a = mu * sc + shift.float(), var_x * s2
-        else:
-            mu_a, var_a = mu, var_x
-        n_m, u_m = _unit(mu_a - mean.float())
-        n_v, u_v = _unit(var_a - var.float())
-        if scale is not None and s2 is not None:
-            u_m, u_v = u_m * scale.float(), u_v * s2  # back through the affine
+        mu, var_x = _stats(x)
+        # per channel, d μ'/d μ and d σ'²/d σ² (1 without the affine)
+        s, s2 = (scale.float(), scale.float().square()) if scale is not None else (1.0, 1.0)
+        t = shift.float() if shift is not None else 0.0
+        n_m, u_m = _unit(mu * s + t - mean.float())
+        n_v, u_v = _unit(var_x * s2 - var.float())
+        u_m, u_v = u_m * s, u_v * s2  # back through the affine
         ctx.save_for_backward(x, mu, u_m, u_v)
         return n_m + n_v
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, mu, u_m, u_v = ctx.saved_tensors
-        flat = x.float().permute(0, 2, 3, 1).flatten(1, 2)
-        strided = flat.shape[1] >= STRIDE_FROM
-        used = flat[:, ::STRIDE] if strided else flat
+        flat, used = _positions(x)
         p = used.shape[1]
         gv = g[:, None] * u_v * (2.0 / p)  # (N, C)
         a = g[:, None] * u_m / p - mu * gv
         gy = torch.addcmul(a[:, None, :], used, gv[:, None, :])  # (N, P, C)
         n, c, h, w = x.shape
-        if strided:
+        if p < flat.shape[1]:  # the positions not used get no gradient
             gx = torch.zeros((n, h, w, c), dtype=gy.dtype, device=gy.device)
             gx.view(n, h * w, c)[:, ::STRIDE] = gy
         else:
@@ -144,7 +142,7 @@ def autograd_distance(
 ) -> torch.Tensor:
     """``layer_distance`` with every operation recorded by autograd: the engine's before, and
     the reference its written-out gradient is tested and timed against."""
-    _, mu, var_x = _stats(x)
+    mu, var_x = _stats(x)
     if affine is not None:
         scale, shift = affine[0].float(), affine[1].float()
         mu, var_x = mu * scale + shift, var_x * scale.square()
