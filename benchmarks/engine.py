@@ -125,6 +125,8 @@ def time_steps(
         "engine": e,
         "bare_forward_backward": b,
         "ratio": e / b,
+        # each engine run over the bare run beside it: the machine's slower minutes cancel
+        "ratio_paired": statistics.median(x / y for x, y in zip(engine, bare, strict=True)),
         "images_per_pass": chunk,
         "peak_gpu_mib": _peak_mib(dev),
     }

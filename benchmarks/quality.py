@@ -84,6 +84,7 @@ DRAWS = {
     "extra8": 11211,
     "extra9": 12312,
     "extra10": 13413,
+    "extra11": 14514,
 }
 """Seeds of the class draws: ``sorted(random.Random(seed).sample(range(1000), 12))``."""
 DRAWN = {
@@ -101,6 +102,7 @@ DRAWN = {
     "extra8": [119, 258, 270, 314, 367, 409, 497, 747, 845, 861, 899, 958],
     "extra9": [63, 70, 143, 289, 314, 351, 453, 606, 657, 672, 715, 762],
     "extra10": [170, 205, 239, 306, 357, 393, 557, 564, 918, 946, 959, 995],
+    "extra11": [10, 79, 192, 219, 221, 226, 384, 425, 790, 938, 951, 964],
 }
 """The classes those seeds give (checked at start), kept so the draw never changes silently."""
 CLASSES_PER_DRAW = 12

@@ -67,55 +67,65 @@ def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mu, y.square().mean(dim=1) - mu.square()
 
 
-def _unit(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N,) ‖d‖₂ over dim 1 and d / ‖d‖₂ (0 where the norm is 0, as autograd's norm gives)."""
-    n = torch.linalg.vector_norm(d, dim=1)
-    return n, torch.where(n[:, None] > 0, d / n[:, None], torch.zeros_like(d))
-
-
-class _LayerDistance(torch.autograd.Function):
-    """``layer_distance`` as one autograd node with its gradient written out: autograd through
-    its dozen small operations in each of lite0's 49 layers cost more than their arithmetic;
-    written out, an ``invariant+`` step takes 0.92 of the time on the 2-core CPU
-    (``benchmarks/bnprior.py``). The same forward operations; the gradient of
-    d = ‖μ' − m‖ + ‖σ'² − v‖, with μ' = μ·s + t and σ'² = σ²·s² (s = 1, t = 0 without the affine)
-    and μ, σ² = E[y] − …, E[y²] − μ² over the P positions used, is, per position,
-    ∂d/∂y = (u_m·s − 2μ·u_v·s²) / P + y · 2·u_v·s² / P with u the unit vectors of the norms."""
+class _Moments(torch.autograd.Function):
+    """(N, C) float32 μ and E[y²] of ``x`` (N, C, H, W) per channel over the positions used, as
+    one autograd node with its gradient written out: ∂/∂y of μ is 1/P and of E[y²] is 2y/P, so
+    the map's gradient is one ``addcmul`` (0 at the positions not used)."""
 
     @staticmethod
-    def forward(
-        ctx: Any,
-        x: torch.Tensor,
-        mean: torch.Tensor,
-        var: torch.Tensor,
-        scale: torch.Tensor | None,
-        shift: torch.Tensor | None,
-    ) -> torch.Tensor:
-        mu, var_x = _stats(x)
-        # per channel, d μ'/d μ and d σ'²/d σ² (1 without the affine)
-        s, s2 = (scale.float(), scale.float().square()) if scale is not None else (1.0, 1.0)
-        t = shift.float() if shift is not None else 0.0
-        n_m, u_m = _unit(mu * s + t - mean.float())
-        n_v, u_v = _unit(var_x * s2 - var.float())
-        u_m, u_v = u_m * s, u_v * s2  # back through the affine
-        ctx.save_for_backward(x, mu, u_m, u_v)
-        return n_m + n_v
+    def forward(ctx: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = _positions(x)[1]
+        ctx.save_for_backward(x)
+        return y.mean(dim=1), y.square().mean(dim=1)
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, mu, u_m, u_v = ctx.saved_tensors
+    def backward(ctx: Any, g_mu: torch.Tensor, g_m2: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
         flat, used = _positions(x)
         p = used.shape[1]
-        gv = g[:, None] * u_v * (2.0 / p)  # (N, C)
-        a = g[:, None] * u_m / p - mu * gv
-        gy = torch.addcmul(a[:, None, :], used, gv[:, None, :])  # (N, P, C)
+        gy = torch.addcmul((g_mu / p)[:, None, :], used, (g_m2 * (2.0 / p))[:, None, :])
         n, c, h, w = x.shape
         if p < flat.shape[1]:  # the positions not used get no gradient
             gx = torch.zeros((n, h, w, c), dtype=gy.dtype, device=gy.device)
             gx.view(n, h * w, c)[:, ::STRIDE] = gy
         else:
             gx = gy.view(n, h, w, c)
-        return gx.permute(0, 3, 1, 2).to(x.dtype), None, None, None, None
+        return gx.permute(0, 3, 1, 2).to(x.dtype)
+
+
+class _Layers:
+    """The running statistics and affines of a sequence of layers, laid end to end (ΣC,) so that
+    the distances of all the layers of a pass are a dozen operations on (N, ΣC) tensors instead of
+    a dozen per layer (lite0 has 49; on the 2-core CPU their fixed cost per operation was most of
+    the prior's). ``segment`` is each channel's place in the sequence."""
+
+    def __init__(self, stats: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                         torch.Tensor | None]]) -> None:  # fmt: skip
+        def cat(ts: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat([t.detach().float() for t in ts])
+
+        self.mean = cat([m for m, _, _, _ in stats])
+        self.var = cat([v for _, v, _, _ in stats])
+        self.scale = cat([s if s is not None else torch.ones_like(m) for m, _, s, _ in stats])
+        self.shift = cat([t if t is not None else torch.zeros_like(m) for m, _, _, t in stats])
+        self.count = len(stats)
+        self.segment = torch.cat(
+            [torch.full((m.numel(),), i, device=m.device) for i, (m, _, _, _) in enumerate(stats)]
+        )
+
+    def distance(self, mu: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
+        """(N,) the sum over the layers of ‖μ' − mean‖₂ + ‖σ'² − var‖₂, from μ and E[y²]
+        (N, ΣC) laid end to end; μ' = μ·scale + shift and σ'² = (E[y²] − μ²)·scale²."""
+        d_m = mu * self.scale + self.shift - self.mean
+        d_v = (m2 - mu.square()) * self.scale.square() - self.var
+        n = mu.shape[0]
+        sums = torch.zeros((n, 2, self.count), dtype=mu.dtype, device=mu.device)
+        sums[:, 0].index_add_(1, self.segment, d_m.square())
+        sums[:, 1].index_add_(1, self.segment, d_v.square())
+        # √ with autograd's subgradient 0 where a statistic matches exactly (√'(0) is infinite)
+        pos = sums > 0
+        norms = torch.where(pos, torch.where(pos, sums, 1.0).sqrt(), 0.0)
+        return norms.sum(dim=(1, 2))
 
 
 def layer_distance(
@@ -130,8 +140,8 @@ def layer_distance(
     statistics are those of ``x · scale + shift`` (a folded BatchNorm's input, from its output).
     Differentiable in ``x`` only (the statistics are buffers)."""
     scale, shift = affine if affine is not None else (None, None)
-    out: torch.Tensor = _LayerDistance.apply(x, mean, var, scale, shift)
-    return out
+    mu, m2 = _Moments.apply(x)
+    return _Layers([(mean, var, scale, shift)]).distance(mu, m2)
 
 
 def autograd_distance(
@@ -153,25 +163,48 @@ def autograd_distance(
 
 
 class Collector:
-    """What a model's hooks add up during the forward passes of one ``collect`` block."""
+    """What a model's hooks collect during the forward passes of one ``collect`` block: each
+    layer's μ and E[y²] per view, made into distances all at once by ``take``."""
 
-    def __init__(self, layers: int) -> None:
-        self.layers = layers
+    def __init__(self, layers: list[nn.BatchNorm2d | FoldedBatchNorm]) -> None:
+        self.layers = len(layers)
         self.active = False
-        self._sum: torch.Tensor | None = None
+        self._bns = layers
+        self._seen: list[int] = []  # the layers of this pass, in the order they ran
+        self._mu: list[torch.Tensor] = []
+        self._m2: list[torch.Tensor] = []
+        self._cache: dict[tuple[int, ...], _Layers] = {}  # one pass's layers: the same each pass
 
-    def add(self, d: torch.Tensor) -> None:
-        self._sum = d if self._sum is None else self._sum + d
+    def add(self, layer: int, mu: torch.Tensor, m2: torch.Tensor) -> None:
+        self._seen.append(layer)
+        self._mu.append(mu)
+        self._m2.append(m2)
+
+    def clear(self) -> None:
+        self._seen, self._mu, self._m2 = [], [], []
+
+    def _layers(self, key: tuple[int, ...]) -> _Layers:
+        got = self._cache.get(key)
+        if got is None:
+            stats = []
+            for i in key:
+                bn = self._bns[i]
+                affine = (bn.scale, bn.shift) if isinstance(bn, FoldedBatchNorm) else (None, None)
+                mean, var = cast(torch.Tensor, bn.running_mean), cast(torch.Tensor, bn.running_var)
+                stats.append((mean, var, *affine))
+            got = self._cache[key] = _Layers(stats)
+        return got
 
     def take(self, n: int, device: torch.device) -> torch.Tensor:
-        """(n,) the distance of each view of the last forward pass (zeros without layers); the
-        sum is cleared for the next pass."""
-        out, self._sum = self._sum, None
-        if out is None:
+        """(n,) the distance of each view of the last forward pass (zeros without layers); what
+        was collected is cleared for the next pass."""
+        key, mu, m2 = tuple(self._seen), self._mu, self._m2
+        self.clear()
+        if not key:
             return torch.zeros(n, device=device)
-        if out.shape[0] != n:  # a forward pass the caller did not make went through the hooks
-            raise RuntimeError(f"BatchNorm prior: {out.shape[0]} views collected, expected {n}")
-        return out
+        if mu[0].shape[0] != n:  # a forward pass the caller did not make went through the hooks
+            raise RuntimeError(f"BatchNorm prior: {mu[0].shape[0]} views collected, expected {n}")
+        return self._layers(key).distance(torch.cat(mu, dim=1), torch.cat(m2, dim=1))
 
 
 _COLLECTORS: weakref.WeakKeyDictionary[nn.Module, Collector] = weakref.WeakKeyDictionary()
@@ -184,24 +217,18 @@ def _collector(net: nn.Module) -> Collector:
     col = _COLLECTORS.get(net)
     if col is None:
         layers = bn_layers(net)
-        col = Collector(len(layers))
+        col = Collector(layers)
         c = col
 
-        def hook(m: nn.Module, inp: tuple[Any, ...]) -> None:
-            if c.active and torch.is_grad_enabled():
-                bn = cast(nn.BatchNorm2d | FoldedBatchNorm, m)
-                affine = (bn.scale, bn.shift) if isinstance(bn, FoldedBatchNorm) else None
-                c.add(
-                    layer_distance(
-                        inp[0],
-                        cast(torch.Tensor, bn.running_mean),
-                        cast(torch.Tensor, bn.running_var),
-                        affine,
-                    )
-                )
+        def hook_for(i: int) -> Any:
+            def hook(m: nn.Module, inp: tuple[Any, ...]) -> None:
+                if c.active and torch.is_grad_enabled():
+                    c.add(i, *_Moments.apply(inp[0]))
 
-        for m in layers:
-            m.register_forward_pre_hook(hook)
+            return hook
+
+        for i, m in enumerate(layers):
+            m.register_forward_pre_hook(hook_for(i))
         _COLLECTORS[net] = col
     return col
 
@@ -213,11 +240,13 @@ def collect(net: nn.Module, on: bool) -> Iterator[Collector]:
     that is not an ``nn.Module``, the collector has no layers and ``take`` gives zeros. The hooks
     are inactive again on exit, also on errors."""
     if not on or not isinstance(net, nn.Module):
-        yield Collector(0)
+        yield Collector([])
         return
     col = _collector(net)
-    col.active, col._sum = True, None
+    col.active = True
+    col.clear()
     try:
         yield col
     finally:
-        col.active, col._sum = False, None
+        col.active = False
+        col.clear()
