@@ -158,6 +158,9 @@ def test_all_layers_at_once_equal_the_sum_of_each_layers_distance() -> None:
         net(x1)
         d1 = col.take(3, x.device)
     (g1,) = torch.autograd.grad((d1 * w).sum(), x1)
+    with BP.collect(net, True) as col:  # each view's distance, whatever passes with it
+        net(x[1:2].clone().requires_grad_(True))
+        assert torch.equal(col.take(1, x.device), d1[1:2])
     inputs.clear()
     x2 = x.clone().requires_grad_(True)
     net(x2)

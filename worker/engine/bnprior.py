@@ -68,64 +68,72 @@ def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class _Moments(torch.autograd.Function):
-    """(N, C) float32 μ and E[y²] of ``x`` (N, C, H, W) per channel over the positions used, as
-    one autograd node with its gradient written out: ∂/∂y of μ is 1/P and of E[y²] is 2y/P, so
-    the map's gradient is one ``addcmul`` (0 at the positions not used)."""
+    """(N, W) float32 μ and E[y²] of ``x`` (N, C, H, W) per channel over the positions used,
+    zero from channel C to ``width`` W, as one autograd node with its gradient written out:
+    ∂/∂y of μ is 1/P and of E[y²] is 2y/P, so the map's gradient is one ``addcmul`` (0 at the
+    positions not used)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(ctx: Any, x: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         y = _positions(x)[1]
         ctx.save_for_backward(x)
-        return y.mean(dim=1), y.square().mean(dim=1)
+        n, c = y.shape[0], y.shape[2]
+        mu, m2 = y.new_zeros((n, width)), y.new_zeros((n, width))
+        mu[:, :c], m2[:, :c] = y.mean(dim=1), y.square().mean(dim=1)
+        return mu, m2
 
     @staticmethod
-    def backward(ctx: Any, g_mu: torch.Tensor, g_m2: torch.Tensor) -> torch.Tensor:
+    def backward(ctx: Any, g_mu: torch.Tensor, g_m2: torch.Tensor) -> tuple[torch.Tensor, None]:
         (x,) = ctx.saved_tensors
         flat, used = _positions(x)
-        p = used.shape[1]
-        gy = torch.addcmul((g_mu / p)[:, None, :], used, (g_m2 * (2.0 / p))[:, None, :])
         n, c, h, w = x.shape
+        p = used.shape[1]
+        a, b = (g_mu[:, :c] / p)[:, None, :], (g_m2[:, :c] * (2.0 / p))[:, None, :]
+        gy = torch.addcmul(a, used, b)  # (N, P, C)
         if p < flat.shape[1]:  # the positions not used get no gradient
             gx = torch.zeros((n, h, w, c), dtype=gy.dtype, device=gy.device)
             gx.view(n, h * w, c)[:, ::STRIDE] = gy
         else:
             gx = gy.view(n, h, w, c)
-        return gx.permute(0, 3, 1, 2).to(x.dtype)
+        return gx.permute(0, 3, 1, 2).to(x.dtype), None
+
+
+Stats = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+"""A layer's running mean and variance and, folded, the affine back to its input."""
 
 
 class _Layers:
-    """The running statistics and affines of a sequence of layers, laid end to end (ΣC,) so that
-    the distances of all the layers of a pass are a dozen operations on (N, ΣC) tensors instead of
-    a dozen per layer (lite0 has 49; on the 2-core CPU their fixed cost per operation was most of
-    the prior's). ``segment`` is each channel's place in the sequence."""
+    """The running statistics and affines of a sequence of layers as (L, W) rows, zero past each
+    layer's channels (W: the most channels), so that the distances of all the layers of a pass
+    are a dozen operations on their (N, L, W) statistics instead of a dozen per layer (lite0 has
+    49; on the 2-core CPU their fixed cost per operation was most of the prior's). Zero rows
+    past a layer's channels give distances of exactly 0 there. Only elementwise operations and
+    reductions along the last dimension: deterministic and the same for each view however many
+    go through together, on the CPU and CUDA alike (a segmented ``index_add_`` is not, on CUDA)."""
 
-    def __init__(self, stats: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
-                                         torch.Tensor | None]]) -> None:  # fmt: skip
-        def cat(ts: list[torch.Tensor]) -> torch.Tensor:
-            return torch.cat([t.detach().float() for t in ts])
+    def __init__(self, stats: list[Stats], width: int) -> None:
+        self.width = width
 
-        self.mean = cat([m for m, _, _, _ in stats])
-        self.var = cat([v for _, v, _, _ in stats])
-        self.scale = cat([s if s is not None else torch.ones_like(m) for m, _, s, _ in stats])
-        self.shift = cat([t if t is not None else torch.zeros_like(m) for m, _, _, t in stats])
-        self.count = len(stats)
-        self.segment = torch.cat(
-            [torch.full((m.numel(),), i, device=m.device) for i, (m, _, _, _) in enumerate(stats)]
-        )
+        def rows(ts: list[torch.Tensor]) -> torch.Tensor:
+            out = torch.zeros((len(ts), self.width), device=ts[0].device)
+            for i, t in enumerate(ts):
+                out[i, : t.numel()] = t.detach().float()
+            return out
+
+        self.mean = rows([m for m, _, _, _ in stats])
+        self.var = rows([v for _, v, _, _ in stats])
+        self.scale = rows([s if s is not None else torch.ones_like(m) for m, _, s, _ in stats])
+        self.shift = rows([t if t is not None else torch.zeros_like(m) for m, _, _, t in stats])
 
     def distance(self, mu: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
         """(N,) the sum over the layers of ‖μ' − mean‖₂ + ‖σ'² − var‖₂, from μ and E[y²]
-        (N, ΣC) laid end to end; μ' = μ·scale + shift and σ'² = (E[y²] − μ²)·scale²."""
+        (N, L, W); μ' = μ·scale + shift and σ'² = (E[y²] − μ²)·scale²."""
         d_m = mu * self.scale + self.shift - self.mean
         d_v = (m2 - mu.square()) * self.scale.square() - self.var
-        n = mu.shape[0]
-        sums = torch.zeros((n, 2, self.count), dtype=mu.dtype, device=mu.device)
-        sums[:, 0].index_add_(1, self.segment, d_m.square())
-        sums[:, 1].index_add_(1, self.segment, d_v.square())
-        # √ with autograd's subgradient 0 where a statistic matches exactly (√'(0) is infinite)
-        pos = sums > 0
-        norms = torch.where(pos, torch.where(pos, sums, 1.0).sqrt(), 0.0)
-        return norms.sum(dim=(1, 2))
+        norms: torch.Tensor = torch.linalg.vector_norm(d_m, dim=2) + torch.linalg.vector_norm(
+            d_v, dim=2
+        )
+        return norms.sum(dim=1)
 
 
 def layer_distance(
@@ -140,8 +148,8 @@ def layer_distance(
     statistics are those of ``x · scale + shift`` (a folded BatchNorm's input, from its output).
     Differentiable in ``x`` only (the statistics are buffers)."""
     scale, shift = affine if affine is not None else (None, None)
-    mu, m2 = _Moments.apply(x)
-    return _Layers([(mean, var, scale, shift)]).distance(mu, m2)
+    mu, m2 = _Moments.apply(x, x.shape[1])
+    return _Layers([(mean, var, scale, shift)], x.shape[1]).distance(mu[:, None], m2[:, None])
 
 
 def autograd_distance(
@@ -174,6 +182,9 @@ class Collector:
         self._mu: list[torch.Tensor] = []
         self._m2: list[torch.Tensor] = []
         self._cache: dict[tuple[int, ...], _Layers] = {}  # one pass's layers: the same each pass
+        self.width = max(
+            (int(cast(torch.Tensor, m.running_mean).numel()) for m in layers), default=0
+        )
 
     def add(self, layer: int, mu: torch.Tensor, m2: torch.Tensor) -> None:
         self._seen.append(layer)
@@ -186,13 +197,13 @@ class Collector:
     def _layers(self, key: tuple[int, ...]) -> _Layers:
         got = self._cache.get(key)
         if got is None:
-            stats = []
+            stats: list[Stats] = []
             for i in key:
                 bn = self._bns[i]
                 affine = (bn.scale, bn.shift) if isinstance(bn, FoldedBatchNorm) else (None, None)
                 mean, var = cast(torch.Tensor, bn.running_mean), cast(torch.Tensor, bn.running_var)
                 stats.append((mean, var, *affine))
-            got = self._cache[key] = _Layers(stats)
+            got = self._cache[key] = _Layers(stats, self.width)
         return got
 
     def take(self, n: int, device: torch.device) -> torch.Tensor:
@@ -204,7 +215,7 @@ class Collector:
             return torch.zeros(n, device=device)
         if mu[0].shape[0] != n:  # a forward pass the caller did not make went through the hooks
             raise RuntimeError(f"BatchNorm prior: {mu[0].shape[0]} views collected, expected {n}")
-        return self._layers(key).distance(torch.cat(mu, dim=1), torch.cat(m2, dim=1))
+        return self._layers(key).distance(torch.stack(mu, dim=1), torch.stack(m2, dim=1))
 
 
 _COLLECTORS: weakref.WeakKeyDictionary[nn.Module, Collector] = weakref.WeakKeyDictionary()
@@ -223,7 +234,7 @@ def _collector(net: nn.Module) -> Collector:
         def hook_for(i: int) -> Any:
             def hook(m: nn.Module, inp: tuple[Any, ...]) -> None:
                 if c.active and torch.is_grad_enabled():
-                    c.add(i, *_Moments.apply(inp[0]))
+                    c.add(i, *_Moments.apply(inp[0], c.width))
 
             return hook
 
