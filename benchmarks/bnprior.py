@@ -55,9 +55,8 @@ class PerLayerAutograd:
     def _hook(self, m: nn.Module, inp: tuple[Any, ...]) -> None:
         if not self.on:
             return
-        bn = cast(nn.BatchNorm2d | FoldedBatchNorm, m)
-        affine = (bn.scale, bn.shift) if isinstance(bn, FoldedBatchNorm) else None
-        mean, var = cast(torch.Tensor, bn.running_mean), cast(torch.Tensor, bn.running_var)
+        mean, var, scale, shift = BP.layer_stats(cast(nn.BatchNorm2d | FoldedBatchNorm, m))
+        affine = (scale, shift) if scale is not None and shift is not None else None
         d = BP.autograd_distance(inp[0], mean, var, affine)
         self.sum = d if self.sum is None else self.sum + d
 

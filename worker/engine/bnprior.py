@@ -102,6 +102,15 @@ Stats = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | No
 """A layer's running mean and variance and, folded, the affine back to its input."""
 
 
+def layer_stats(bn: nn.BatchNorm2d | FoldedBatchNorm) -> Stats:
+    """(running mean, running variance, scale, shift) of a layer ``bn_layers`` found; scale and
+    shift are None where the BatchNorm is not folded (its input is the map itself)."""
+    mean, var = cast(torch.Tensor, bn.running_mean), cast(torch.Tensor, bn.running_var)
+    if isinstance(bn, FoldedBatchNorm):
+        return mean, var, bn.scale, bn.shift
+    return mean, var, None, None
+
+
 class _Layers:
     """The running statistics and affines of a sequence of layers as (L, W) rows, zero past each
     layer's channels (W: the most channels), so that the distances of all the layers of a pass
@@ -130,9 +139,8 @@ class _Layers:
         (N, L, W); μ' = μ·scale + shift and σ'² = (E[y²] − μ²)·scale²."""
         d_m = mu * self.scale + self.shift - self.mean
         d_v = (m2 - mu.square()) * self.scale.square() - self.var
-        norms: torch.Tensor = torch.linalg.vector_norm(d_m, dim=2) + torch.linalg.vector_norm(
-            d_v, dim=2
-        )
+        norms: torch.Tensor = torch.linalg.vector_norm(d_m, dim=2)
+        norms = norms + torch.linalg.vector_norm(d_v, dim=2)
         return norms.sum(dim=1)
 
 
@@ -197,12 +205,7 @@ class Collector:
     def _layers(self, key: tuple[int, ...]) -> _Layers:
         got = self._cache.get(key)
         if got is None:
-            stats: list[Stats] = []
-            for i in key:
-                bn = self._bns[i]
-                affine = (bn.scale, bn.shift) if isinstance(bn, FoldedBatchNorm) else (None, None)
-                mean, var = cast(torch.Tensor, bn.running_mean), cast(torch.Tensor, bn.running_var)
-                stats.append((mean, var, *affine))
+            stats = [layer_stats(self._bns[i]) for i in key]
             got = self._cache[key] = _Layers(stats, self.width)
         return got
 
