@@ -17,6 +17,11 @@
   other figures are written.
 - ``compiled`` (CUDA, ``--compile``): step time at the largest batch with ``torch.compile``.
 - ``amp`` (``--amp``): the same figures run under bfloat16 autocast.
+- ``--compare`` (CUDA): what a new pass shape costs (``new_shapes``), the sweep without padding
+  passes to buckets, and the steps without deterministic kernels, beside the figures above.
+
+On CUDA everything runs with deterministic kernels, as the worker does (``--no-deterministic``:
+PyTorch's fastest), and passes padded to buckets (``optimize.bucket``).
 
 Every timed figure carries ``peak_gpu_mib`` on CUDA. Timings are medians of repeated runs after a
 warm-up; machine, load average, torch version and thread count are recorded, so figures from
@@ -42,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from specs import DEFAULT_GRAY_LEVELS, Operation, OptimizerSettings, OptimizeSpec
 from worker import malloc
+from worker.engine import determinism
 from worker.engine import optimize as O
 from worker.engine.images import flat_gray
 from worker.engine.models import LoadedModel, Registry
@@ -222,17 +228,34 @@ def time_classes(
     x0 = flat_gray([128] * n, model.info.input_size, device=dev)
     tg = torch.tensor(classes, device=dev)
     _peak_start(dev)
-    dt, res = _timed(dev, lambda: O.visualize(model, x0, tg, spec, runtime=rt))
+    first, res = _timed(dev, lambda: O.visualize(model, x0, tg, spec, runtime=rt))
+    dt = first
+    if dev.type == "cuda":  # again, every pass shape met once: what a worker that ran jobs does
+        dt, res = _timed(dev, lambda: O.visualize(model, x0, tg, spec, runtime=rt))
     qs = [r.q_final for r in res]
     return {
         "classes": n,
         "seconds": dt,
+        "first_run_seconds": first,
         "classes_per_minute": 60.0 * n / dt,
         "q_final_median": statistics.median(qs),
         "q_final_min": min(qs),
         "steps_mean": statistics.mean(r.total_steps for r in res),
         "peak_gpu_mib": _peak_mib(dev),
     }
+
+
+def time_new_shapes(model: LoadedModel, sizes: list[int]) -> dict[str, Any]:
+    """A forward+backward at batch sizes not met before, then the same again: what a new shape
+    costs (cuDNN prepares its kernels for each), and why passes are padded to buckets."""
+    dev, size = model.device, model.info.input_size
+    first, again = [], []
+    for n in sizes:
+        x = torch.full((n, 3, size, size), 100.0, device=dev, requires_grad=True)
+        for out in (first, again):
+            dt, _ = _timed(dev, lambda x=x: torch.autograd.grad(model(x)[:, 0].sum(), x))
+            out.append(dt)
+    return {"batch_sizes": sizes, "first_seconds": first, "again_seconds": again}
 
 
 def run_all(model: LoadedModel, args: argparse.Namespace, rt: O.Runtime) -> dict[str, Any]:
@@ -267,6 +290,14 @@ def main() -> None:
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--amp", action="store_true", help="also run everything under bfloat16")
     p.add_argument(
+        "--no-deterministic", dest="deterministic", action="store_false",
+        help="CUDA: leave PyTorch's fastest kernels (the worker's default is deterministic)",
+    )  # fmt: skip
+    p.add_argument(
+        "--compare", action="store_true",
+        help="CUDA: also the sweep without padded passes and the steps without determinism",
+    )  # fmt: skip
+    p.add_argument(
         "--no-fold", dest="fold", action="store_false", help="keep BatchNorm as its own layers"
     )
     p.add_argument("--out", type=Path, help="write the JSON here too")
@@ -287,6 +318,8 @@ def main() -> None:
     cuda = dev.type == "cuda"
     args.batches = args.batches or ("1,32,256" if cuda else "1,8,27")
     args.classes = args.classes or (100 if cuda else 5)
+    if cuda and args.deterministic:  # as the worker runs (TIVIS_DETERMINISTIC)
+        determinism.deterministic(True)
     model = Registry(models_dir=os.environ.get("TIVIS_MODELS_DIR")).load(
         args.model, dev, fold=args.fold
     )
@@ -310,6 +343,8 @@ def main() -> None:
         "sample_mib_with_backward": round(
             O.sample_bytes(model, model.info.input_size, rt, grad=True) / 2**20, 2
         ),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "buckets": "on a GPU (optimize.bucket)",
         "note": args.note,
         "load_average_before": list(load_before),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -324,6 +359,20 @@ def main() -> None:
         return text
 
     save()  # the main figures are kept even if compiling below runs out of time
+    if cuda and args.compare:
+        out["new_shapes"] = time_new_shapes(model, [5, 6, 7])
+        levels = [int(v) for v in args.sweep_levels.split(",")] if args.sweep_levels else None
+        plain = O.Runtime(buckets=False)
+        out["sweep_without_buckets"] = time_sweep(
+            model, levels or list(DEFAULT_GRAY_LEVELS), args.sweep_rounds, plain
+        )
+        determinism.deterministic(False)
+        out["step_seconds_per_image_not_deterministic"] = {
+            b: time_steps(model, int(b), args.steps, args.repeats, rt)
+            for b in args.batches.split(",")
+        }
+        determinism.deterministic(args.deterministic)
+        save()
     if cuda and args.compile:
         big = max(int(b) for b in args.batches.split(","))
         crt = O.Runtime(compile=True)

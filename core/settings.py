@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     torch_home: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(default=False, description="bfloat16 autocast on CUDA")
+    deterministic: bool = Field(
+        default=True,
+        description="CUDA: deterministic kernels, so the same spec and seed give the same bytes "
+        "on the same GPU (worker.engine.determinism)",
+    )
     channels_last: bool = Field(
         default=True, description="NHWC memory layout (faster on GPU and CPU)"
     )

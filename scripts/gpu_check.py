@@ -5,13 +5,16 @@ Stages, each timed and recorded in ``summary.json`` in the output folder:
 1. ``environment``: Python, torch, the device.
 2. ``cuda_tests``: ``pytest -m cuda tests/engine/test_cuda.py`` (all skipped without CUDA); the
    figures those tests measured land in ``cuda-figures.json``.
-3. ``benchmark``: ``benchmarks/engine.py`` (full settings on CUDA, small ones on the CPU) ->
+3. ``shapes``: ``benchmarks/shapes.py``, what a pass of a new shape costs under each cuDNN
+   setting -> ``shapes.json``.
+4. ``benchmark``: ``benchmarks/engine.py`` (full settings on CUDA, small ones on the CPU) ->
    ``engine.json``.
-4. ``service``: the real service path -- ``python -m app.embedded`` (its own redis-server, a
+5. ``service``: the real service path -- ``python -m app.embedded`` (its own redis-server, a
    Celery worker with ``TIVIS_DEVICE``, the API), one ``POST /visualize`` and one
    ``POST /entropy-sweep`` through HTTP, polled to the end -> ``service.json``, ``service.log``.
 
-At most 8 files are written (what the device tool brings back). Exit status 0 only when every
+The output of the first three stages goes to ``stages.log``. At most 7 files are written (the
+device tool brings back 8: one is left for the caller's own log). Exit status 0 only when every
 stage passed. Nothing is downloaded.
 """
 
@@ -193,7 +196,7 @@ def main() -> int:
         "--skip",
         action="append",
         default=[],
-        help="stage to skip: cuda_tests, benchmark, service (repeatable)",
+        help="stage to skip: cuda_tests, shapes, benchmark, service (repeatable)",
     )
     args = p.parse_args()
     out: Path = args.out.resolve()
@@ -240,11 +243,17 @@ def main() -> int:
                 "no:cacheprovider",
                 "tests/engine/test_cuda.py",
             ],
-            out / "cuda-tests.log",
+            out / "stages.log",
             env_t,
             timeout=600 if cpu else 180,  # the GPU's stages fit 8 minutes together
         )
         # on the CPU every CUDA test is skipped: pytest then says so and exits 0
+    if "shapes" not in args.skip:  # what a new pass shape costs, per cuDNN setting
+        summary["shapes"] = _run(
+            [py, "benchmarks/shapes.py", "--model", model, "--device", args.device,
+             "--out", str(out / "shapes.json"), "--timeout", "40" if cpu else "45"],
+            out / "stages.log", env, timeout=200 if cpu else 190,
+        )  # fmt: skip
     if "benchmark" not in args.skip:
         bench = [
             py,
@@ -272,15 +281,15 @@ def main() -> int:
                 "4",
                 "--no-compile",
             ]
-        else:
-            bench += ["--compile", "--amp"]
-        summary["benchmark"] = _run(bench, out / "benchmark.log", env, timeout=600 if cpu else 200)
+        else:  # no --compile: on the first GPU run it did not finish within the stage's time
+            bench += ["--amp", "--skip", "long"]
+        summary["benchmark"] = _run(bench, out / "stages.log", env, timeout=600 if cpu else 200)
     if "service" not in args.skip:
         summary["service"] = service(
             out, env, model, target, [0, 128, 255] if cpu else None, timeout=600 if cpu else 150
         )
     summary["seconds"] = round(time.monotonic() - t0, 1)
-    stages = [k for k in ("cuda_tests", "benchmark", "service") if k in summary]
+    stages = [k for k in ("cuda_tests", "shapes", "benchmark", "service") if k in summary]
     summary["ok"] = all(summary[k]["ok"] for k in stages)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{'stage':<12} {'ok':<6} seconds")

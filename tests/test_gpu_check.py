@@ -35,10 +35,15 @@ def test_gpu_check_runs_on_the_cpu(tmp_path: Path) -> None:
     logs = {p.name: p.read_text()[-3000:] for p in out.glob("*.log")} if out.exists() else {}
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:], logs)
     files = sorted(p.name for p in out.iterdir())
-    assert len(files) <= 8  # what the device tool brings back
+    assert len(files) <= 7  # the device tool brings back 8, one for the caller's log
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] and summary["device"] == "cpu" and summary["model"] == "tiny"
     assert summary["cuda_tests"]["ok"]
+    shapes = json.loads((out / "shapes.json").read_text())
+    for name in ("deterministic", "fastest", "cudnn_v8_api_disabled", "cudnn_off"):
+        assert len(shapes[name]["new_shape_first_seconds"]) == 3, shapes[name]
+        assert set(shapes[name]["steady_seconds_per_image"]) == {"32", "256"}
+    assert shapes["deterministic"]["deterministic"] and not shapes["fastest"]["deterministic"]
     engine = json.loads((out / "engine.json").read_text())
     assert engine["device"] == "cpu"
     assert set(engine["step_seconds_per_image"]) == {"1", "2"}

@@ -34,7 +34,7 @@ from specs.classify import ArtifactRef, ClassifySpec, ScreenSpec
 from specs.kinds import KINDS
 from worker.celery_app import app, worker_name
 from worker.jobs import RUNNERS, JobContext  # torch, imported before the pool forks: warm children
-from worker.jobs.base import model_versions
+from worker.jobs.base import model_versions, resolve_device
 
 log = logging.getLogger("tivis.worker")
 
@@ -65,6 +65,10 @@ class _State:
         )
         self.artifacts = store_from_settings(s)
         self.pid = os.getpid()
+        if s.deterministic and resolve_device(s.device).type == "cuda":
+            from worker.engine.determinism import deterministic
+
+            deterministic(True)
 
 
 _state: _State | None = None

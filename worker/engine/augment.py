@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from specs import StepAugment
+from worker.engine import determinism
 from worker.engine import transforms as T
 from worker.engine.images import check_images
 
@@ -113,8 +114,8 @@ def apply(x: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
             torch.cat([d.offsets for d in draws if d.offsets is not None])
             if draws[0].offsets is not None
             else torch.zeros(angles.shape[0], 2, dtype=torch.float64)
-        ).to(x.device)
-        views = crop(jittered, angles.to(x.device), scales.to(x.device), offsets, size)
+        )
+        views = crop(jittered, angles, scales, offsets, size)
     elif bool((angles == 0).all()) and bool((scales == 1).all()):
         views = jittered
     else:
@@ -126,7 +127,7 @@ def apply(x: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
             for d in draws
             for s in (d.noise_seeds if d.noise_seeds is not None else [])
         ]
-        views = views + torch.stack(noise).to(views)
+        views = views + _to_device(torch.stack(noise), views.device).to(views.dtype)
     return views
 
 
@@ -144,12 +145,22 @@ def crop(
     Bilinear, black fill outside the image, clipped to 0..255; differentiable.
     """
     check_images(x)
-    theta = T.affine_theta(degrees.to(x), scales.to(x)).clone()
-    theta[:, :, 2] = offsets.to(x)
+    # made where the parameters are (the CPU, for every caller in tivis), sent without a wait
+    theta = T.affine_theta(degrees.to(x.dtype), scales.to(x.dtype)).clone()
+    theta[:, :, 2] = offsets.to(theta)
+    theta = _to_device(theta, x.device)
     shape = list(x.shape) if size is None else [x.shape[0], x.shape[1], size, size]
     grid = F.affine_grid(theta, shape, align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.clamp(0.0, 255.0)
+    return determinism.grid_sample(x, grid).clamp(0.0, 255.0)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A tensor on ``device``; from the CPU to a GPU pinned and non-blocking (the host goes on)."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 __all__ = ["Draw", "apply", "crop", "draw", "generator", "image_seed", "shift"]

@@ -216,9 +216,13 @@ class Collector:
         self.clear()
         if not key:
             return torch.zeros(n, device=device)
-        if mu[0].shape[0] != n:  # a forward pass the caller did not make went through the hooks
-            raise RuntimeError(f"BatchNorm prior: {mu[0].shape[0]} views collected, expected {n}")
-        return self._layers(key).distance(torch.stack(mu, dim=1), torch.stack(m2, dim=1))
+        got = mu[0].shape[0]
+        if got < n:  # a forward pass the caller did not make went through the hooks
+            raise RuntimeError(f"BatchNorm prior: {got} views collected, expected {n}")
+        mus, m2s = torch.stack(mu, dim=1), torch.stack(m2, dim=1)
+        if got > n:  # the padding rows of the pass (optimize.bucket): not views
+            mus, m2s = mus[:n], m2s[:n]
+        return self._layers(key).distance(mus, m2s)
 
 
 _COLLECTORS: weakref.WeakKeyDictionary[nn.Module, Collector] = weakref.WeakKeyDictionary()

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from specs import class_index, modelstore
+from worker.engine import determinism
 from worker.engine import fold as folding
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -568,6 +569,8 @@ class Registry:
                 param.requires_grad_(False)
             if fold:
                 net = folding.fold(net, _test_picture(info.input_size))
+            if dev.type == "cuda":  # its CUDA backward is atomic (determinism.py)
+                determinism.replace_adaptive_pools(net)
             loaded = LoadedModel(info=info, net=net.to(dev), device=dev)
             self._loaded[key] = loaded
             return loaded

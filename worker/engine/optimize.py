@@ -55,6 +55,9 @@ class Runtime:
     one-by-one runs), its views in as few passes as the budget allows. ``micro_batch`` > 0 fixes
     the images per pass instead (the views per pass stay bounded by the budget).
 
+    ``buckets``: pad each pass to one of a few sizes (``bucket``), so that cuDNN meets few
+    shapes; None (default): on a GPU only.
+
     ``deadline`` (``time.monotonic()`` seconds): between passes through the model, a run past it
     raises ``TimeLimitExceeded``, so a long step can be stopped.
     """
@@ -66,6 +69,7 @@ class Runtime:
     pass_memory_mb: int = 0
     memory_fraction: float = 0.5
     deadline: float | None = None
+    buckets: bool | None = None
 
     def check_deadline(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -216,15 +220,39 @@ class VisResult:
     """(H, W) when asked: the sum over steps of |d objective / d image| (channels summed), >= 0."""
 
 
+def bucket(n: int) -> int:
+    """The pass size a batch of ``n`` views is padded to on a GPU: 1, 2, 4, 8, then two sizes
+    per octave (12, 16, 24, 32, 48, ...), so at most a third is padding.
+
+    cuDNN prepares its kernels for every new input shape, and the images of a job leave the batch
+    one by one as they finish: without buckets nearly every step meets a new shape (on the first
+    GPU run, a batched 27-level sweep took 35 s against 5.7 s one image at a time).
+    """
+    if n <= 8:
+        return 1 << max(n - 1, 0).bit_length()
+    p = 1 << (n - 1).bit_length()  # the power of two >= n
+    return 3 * p // 4 if n <= 3 * p // 4 else p
+
+
 def _forward(model: LoadedModel, x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """Logits of pixel-space images; with ``runtime.buckets`` (default: on a GPU) the batch goes
+    through the model padded with black images to its ``bucket`` size, and their rows are
+    dropped."""
     model.use_channels_last(runtime.channels_last)
+    n = x.shape[0]
+    pad_on = x.is_cuda if runtime.buckets is None else runtime.buckets
+    pad = bucket(n) - n if (pad_on and n > 0) else 0
+    if pad:
+        x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])])
     if runtime.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     net = _net(model, runtime)
     if runtime.amp and x.device.type == "cuda":
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            return net(x).float()
-    return net(x)
+            out = net(x).float()
+    else:
+        out = net(x)
+    return out[:n] if pad else out
 
 
 @torch.no_grad()
@@ -487,7 +515,7 @@ def param_round(
     q_target = cfg.q_target
     if augment is not None and augment.q_target is not None:
         q_target = augment.q_target
-    running = active.nonzero()[:, 0].tolist()  # host: the images still being optimized
+    running = [i for i, a in enumerate(active.tolist()) if a]  # host: one read (nonzero: two)
     if plan is None:
         with torch.no_grad():
             size = int(param.render(data[:1]).shape[-1]) if b else 0
@@ -531,7 +559,8 @@ def param_round(
                     if augment is not None:
                         img = A.apply(img, [_views(d, a, k) for d in draws])  # (n*k, 3, H, W)
                     if sd is not None:  # image-major, as A.apply orders the views
-                        sd.keep = torch.cat([kp[:, a : a + k] for kp in keeps], dim=1).to(dev)
+                        keep = torch.cat([kp[:, a : a + k] for kp in keeps], dim=1)
+                        sd.keep = _to_device(keep, dev)
                     logits = _forward(model, img, rt).float()
                     if sd is not None:
                         sd.keep = None

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -98,7 +99,10 @@ def _state(net: nn.Module) -> _State:
             def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> torch.Tensor | None:
                 res = None
                 if st.keep is not None and torch.is_grad_enabled():
-                    res = out * st.keep[j].to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
+                    keep = st.keep[j].to(out.dtype)
+                    if keep.shape[0] < out.shape[0]:  # a padded GPU pass: padding keeps all
+                        keep = F.pad(keep, (0, out.shape[0] - keep.shape[0]), value=1.0)
+                    res = out * keep.view(-1, *([1] * (out.dim() - 1)))
                 if st.gamma < 1.0:
                     res = scale_grad(out if res is None else res, st.gamma)
                 return res

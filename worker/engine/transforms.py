@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from specs import Operation, RandomViews, TransformTests
+from worker.engine import determinism
 from worker.engine.images import check_images
 
 
@@ -67,7 +68,7 @@ def warp(x: torch.Tensor, degrees: torch.Tensor, scales: torch.Tensor) -> torch.
         theta = theta.pin_memory() if x.device.type == "cuda" else theta
         theta = theta.to(x.device, non_blocking=True)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = determinism.grid_sample(x, grid)
     # Quarter turns at scale 1 move pixels onto pixels: make them exact (no resampling error).
     quarter = (torch.remainder(degrees, 90.0) == 0) & (scales == 1.0)
     for i in quarter.cpu().nonzero()[:, 0].tolist():

@@ -1,0 +1,137 @@
+"""What makes CUDA runs repeatable, checked on the CPU (``test_cuda.py`` checks it on a GPU):
+the gather sampler against ``grid_sample``, the global pool against ``AdaptiveAvgPool2d``, the
+padded passes (``optimize.bucket``) against unpadded ones, and the process-wide switch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet18
+
+from specs import OptimizerSettings, OptimizeSpec, StepAugment
+from worker.engine import augment as A
+from worker.engine import determinism as D
+from worker.engine import optimize as O
+from worker.engine import param as P
+from worker.engine import transforms as T
+from worker.engine.images import flat_gray
+from worker.engine.models import LoadedModel
+
+
+def _grid(n: int, out: int) -> torch.Tensor:
+    angles = torch.tensor([0.0, 33.0, -71.0, 180.0, 12.5])[:n]
+    scales = torch.tensor([1.0, 1.3, 0.7, 1.0, 2.2])[:n]
+    theta = T.affine_theta(angles, scales).clone()
+    theta[:, :, 2] = torch.tensor([[0.0, 0.0], [0.2, -0.1], [-0.5, 0.3], [0.0, 0.0], [0.9, 0.9]])[
+        :n
+    ]
+    return F.affine_grid(theta, [n, 3, out, out], align_corners=False)
+
+
+@pytest.mark.parametrize("out", [9, 16, 23])
+def test_bilinear_gather_equals_grid_sample(out: int) -> None:
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(5, 3, 16, 16, generator=g, dtype=torch.float64) * 255).requires_grad_(True)
+    grid = _grid(5, out).double()
+    ref = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    got = D.sample_bilinear(x, grid)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-9)
+    w = torch.rand(ref.shape, generator=g, dtype=torch.float64)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
+    (g_got,) = torch.autograd.grad((got * w).sum(), x)
+    torch.testing.assert_close(g_got, g_ref, rtol=0, atol=1e-9)
+
+
+def test_bilinear_gather_hand_made() -> None:
+    """A 2×2 image shifted by half a pixel: every output pixel is a mean of known neighbours."""
+    x = torch.tensor([[[[0.0, 100.0], [200.0, 40.0]]]])
+    theta = torch.tensor([[[1.0, 0.0, 0.5], [0.0, 1.0, 0.0]]])  # half the width: one pixel right
+    grid = F.affine_grid(theta, [1, 1, 2, 2], align_corners=False)
+    got = D.sample_bilinear(x, grid)
+    # output x=0 samples input x=0.5 (between the columns), x=1 samples x=1.5 (half outside)
+    assert got.tolist() == [[[[50.0, 50.0], [120.0, 20.0]]]]
+
+
+def test_grid_sample_dispatch_stays_on_grid_sample_on_the_cpu() -> None:
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
+    grid = _grid(2, 8)
+    D.deterministic(True)
+    try:
+        assert torch.equal(D.grid_sample(x, grid), F.grid_sample(x, grid, align_corners=False))
+    finally:
+        D.deterministic(False)
+
+
+def test_global_pool_equals_adaptive_pool() -> None:
+    x = torch.rand(2, 5, 7, 7, dtype=torch.float64)
+    for size in [1, (1, 1), (7, 7), (3, 3), (None, 7)]:
+        ref = nn.AdaptiveAvgPool2d(size)(x)  # type: ignore[arg-type]
+        torch.testing.assert_close(D.GlobalPool(size)(x), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_replace_adaptive_pools_keeps_the_function() -> None:
+    net = resnet18(weights=None, num_classes=10).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        before = net(x)
+    assert D.replace_adaptive_pools(net) == 1
+    assert isinstance(net.avgpool, D.GlobalPool)
+    assert not any(type(m) is nn.AdaptiveAvgPool2d for m in net.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_deterministic_switch() -> None:
+    D.deterministic(True)
+    try:
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        D.deterministic(False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert not torch.backends.cudnn.deterministic
+
+
+def test_bucket_sizes() -> None:
+    sizes = [O.bucket(n) for n in range(1, 200)]
+    assert all(s >= n for n, s in zip(range(1, 200), sizes, strict=True))
+    assert sorted(set(sizes)) == [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256]
+    assert all((s - n) / s <= 0.5 for n, s in zip(range(1, 200), sizes, strict=True))
+    assert O.bucket(400) == 512 and O.bucket(384) == 384 and O.bucket(385) == 512
+
+
+def test_padded_pass_gives_the_unpadded_logits(lite: LoadedModel) -> None:
+    x = torch.rand(3, 3, 96, 96) * 255  # 3 rows: padded to 4
+    plain = O._forward(lite, x, O.Runtime(buckets=False))
+    padded = O._forward(lite, x, O.Runtime(buckets=True))
+    assert padded.shape == plain.shape == (3, lite.info.num_classes)
+    torch.testing.assert_close(padded, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_padded_passes_give_the_same_steps_with_every_option(lite: LoadedModel) -> None:
+    """3 views per step (padded to 4), BatchNorm prior and stochastic depth on: the padding rows
+    change nothing the optimizer sees."""
+    spec = OptimizeSpec(method="invariant+")
+    aug = spec.augment.model_copy(update={"views": 3})
+    assert isinstance(aug, StepAugment)
+    cfg = spec.optimizer.model_copy(update={"max_steps_per_round": 2})
+    assert isinstance(cfg, OptimizerSettings) and cfg.bn_prior > 0 and cfg.stochastic_depth > 0
+
+    def run(buckets: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = flat_gray([128], 224)
+        gens = [A.generator(7)]
+        param = P.make_param(spec.param, x0, gens)
+        tg = torch.tensor([805])
+        steps, _qb, qa = O.param_round(
+            lite, param, tg, torch.ones(1, dtype=torch.bool), cfg, torch.tensor([2]),
+            lr=spec.param.lr, augment=aug, gens=gens, runtime=O.Runtime(buckets=buckets),
+        )  # fmt: skip
+        assert int(steps[0]) == 2
+        return param.images(), qa
+
+    img_a, q_a = run(False)
+    img_b, q_b = run(True)
+    torch.testing.assert_close(q_b, q_a, rtol=1e-4, atol=1e-5)
+    assert float((img_a - img_b).abs().mean()) < 0.05
