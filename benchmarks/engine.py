@@ -17,6 +17,8 @@
   other figures are written.
 - ``compiled`` (CUDA, ``--compile``): step time at the largest batch with ``torch.compile``.
 - ``amp`` (``--amp``): the same figures run under bfloat16 autocast.
+- ``step_seconds_per_image_without_lookahead`` (CUDA): the steps with the host reading each
+  step's decisions at once (``Runtime.lookahead`` off), beside the default.
 - ``--compare`` (CUDA): what a new pass shape costs (``new_shapes``), the sweep without padding
   passes to buckets, and the steps without deterministic kernels, beside the figures above.
 
@@ -31,6 +33,7 @@ different (or shared) machines are never mixed up.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -245,15 +248,20 @@ def time_classes(
     }
 
 
+def _fwd_bwd(model: LoadedModel, x: torch.Tensor) -> Any:
+    return torch.autograd.grad(model(x)[:, 0].sum(), x)
+
+
 def time_new_shapes(model: LoadedModel, sizes: list[int]) -> dict[str, Any]:
     """A forward+backward at batch sizes not met before, then the same again: what a new shape
     costs (cuDNN prepares its kernels for each), and why passes are padded to buckets."""
     dev, size = model.device, model.info.input_size
-    first, again = [], []
+    first: list[float] = []
+    again: list[float] = []
     for n in sizes:
         x = torch.full((n, 3, size, size), 100.0, device=dev, requires_grad=True)
         for out in (first, again):
-            dt, _ = _timed(dev, lambda x=x: torch.autograd.grad(model(x)[:, 0].sum(), x))
+            dt, _ = _timed(dev, functools.partial(_fwd_bwd, model, x))
             out.append(dt)
     return {"batch_sizes": sizes, "first_seconds": first, "again_seconds": again}
 
@@ -358,6 +366,12 @@ def main() -> None:
             args.out.write_text(text)
         return text
 
+    if cuda and "steps" not in args.skip:  # the host reading each step at once, beside
+        at_once = O.Runtime(lookahead=False)
+        out["step_seconds_per_image_without_lookahead"] = {
+            b: time_steps(model, int(b), args.steps, args.repeats, at_once)
+            for b in args.batches.split(",")
+        }
     save()  # the main figures are kept even if compiling below runs out of time
     if cuda and args.compare:
         out["new_shapes"] = time_new_shapes(model, [5, 6, 7])

@@ -14,9 +14,10 @@ collects:
   pictures, q_C within 0.05.
 - bfloat16 autocast against float32, both judged in float32 by the quality report (identity and
   16 seeded random views): identity within 0.05, the views' mean within 0.1, q_C above 0.9.
-- host-device synchronizations in a round: one per step, one at the round's start and one for
-  the check after the last step, counted with ``torch.cuda.set_sync_debug_mode("warn")``; where
-  they come from is recorded.
+- host-device synchronizations in a round: at most one per step, one at the round's start and
+  one for the check after the last step, counted with ``torch.cuda.set_sync_debug_mode("warn")``
+  (the host reads each step's decisions a step late, ``Runtime.lookahead``, from a pinned copy);
+  where they come from is recorded.
 
 Measured on an H100 (``benchmarks/results/cuda-h100.json``).
 """

@@ -135,3 +135,67 @@ def test_padded_passes_give_the_same_steps_with_every_option(lite: LoadedModel) 
     img_b, q_b = run(True)
     torch.testing.assert_close(q_b, q_a, rtol=1e-4, atol=1e-5)
     assert float((img_a - img_b).abs().mean()) < 0.05
+
+
+@pytest.mark.parametrize(
+    ("method", "pass_mb"), [("invariant", 0), ("invariant+", 0), ("invariant+", 1)]
+)
+def test_lookahead_gives_the_same_bytes(lite: LoadedModel, method: str, pass_mb: int) -> None:
+    """Reading a step's decisions a step late (the GPU's way) changes nothing: the images that
+    stopped take a masked pass and give back its random draws (views, stochastic depth); also
+    with an image's views split over several passes (``pass_mb`` 1)."""
+    from specs import Operation
+
+    body: dict[str, object] = {
+        "method": method,
+        "schedule": [Operation(op="rotate", value=15.0, repeat=2)],
+        "tests": {"rotations": [0, 30], "scales": [1.2]},
+    }
+    optimizer = {"max_steps_per_round": 6, "q_target": 0.05}
+    if method == "invariant+":
+        body["augment"] = {"q_target": 0.05}  # early stops at different steps per image
+    body["optimizer"] = optimizer
+    spec = OptimizeSpec.model_validate(
+        {**OptimizeSpec(method=method).model_dump(exclude_unset=True), **body}  # type: ignore[arg-type]
+    )
+    x0 = flat_gray([0, 128, 255], 64)
+    tg = torch.tensor([805, 1, 954])
+    rt_on = O.Runtime(lookahead=True, pass_memory_mb=pass_mb)
+    rt_off = O.Runtime(lookahead=False, pass_memory_mb=pass_mb)
+    if pass_mb:
+        assert O.plan_passes(lite, rt_on, 50, 3, 4, grad=True).views < 4
+    on = O.visualize(lite, x0, tg, spec, runtime=rt_on, transparency=True)
+    off = O.visualize(lite, x0, tg, spec, runtime=rt_off, transparency=True)
+    steps = [[r.steps for r in res.trace] for res in off]
+    assert len({s for per in steps for s in per}) > 1  # the images stop at different steps
+    for a, b in zip(on, off, strict=True):
+        assert torch.equal(a.image, b.image)
+        assert a.total_steps == b.total_steps and a.q_final == b.q_final
+        assert [r.as_dict() for r in a.trace] == [r.as_dict() for r in b.trace]
+        assert a.transparency is not None and b.transparency is not None
+        assert torch.equal(a.transparency, b.transparency)
+
+
+def test_lookahead_takes_no_extra_pass_at_the_step_limit(lite: LoadedModel) -> None:
+    """A round that ends at its step limit: as many passes a step late as at once (the host
+    counts the steps it read, and the pass queued since judged the last one)."""
+    passes: dict[bool, int] = {}
+    for ahead in (False, True):
+        count = 0
+
+        def hook(*_: object) -> None:
+            nonlocal count
+            count += 1
+
+        handle = lite.net.register_forward_hook(hook)  # type: ignore[attr-defined]
+        try:
+            x = flat_gray([0, 128, 255], 64)
+            O.optimize_round(
+                lite, x, torch.tensor([805, 1, 954]), torch.ones(3, dtype=torch.bool),
+                OptimizerSettings(q_target=0.999999), torch.tensor([4, 2, 4]),
+                runtime=O.Runtime(lookahead=ahead),
+            )  # fmt: skip
+        finally:
+            handle.remove()
+        passes[ahead] = count
+    assert passes[True] == passes[False]

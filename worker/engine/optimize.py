@@ -58,6 +58,10 @@ class Runtime:
     ``buckets``: pad each pass to one of a few sizes (``bucket``), so that cuDNN meets few
     shapes; None (default): on a GPU only.
 
+    ``lookahead``: the host reads which images went on a step late, so the device always has the
+    next step queued (the images that stopped take one more pass, masked, and give back the
+    random draws of it); the same bytes. None (default): on a GPU only.
+
     ``deadline`` (``time.monotonic()`` seconds): between passes through the model, a run past it
     raises ``TimeLimitExceeded``, so a long step can be stopped.
     """
@@ -70,6 +74,7 @@ class Runtime:
     memory_fraction: float = 0.5
     deadline: float | None = None
     buckets: bool | None = None
+    lookahead: bool | None = None
 
     def check_deadline(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -186,6 +191,28 @@ def _index(idx: list[int], n: int, device: torch.device) -> slice | torch.Tensor
     if idx and idx[-1] - idx[0] + 1 == len(idx):
         return slice(idx[0], idx[-1] + 1)
     return _to_device(torch.tensor(idx, dtype=torch.long), device)
+
+
+class _Read:
+    """The decisions of one step (which images went on, their q_C) for ``images``, copied to
+    the host without a wait on a GPU; ``values`` waits for them."""
+
+    def __init__(self, images: list[int], values: torch.Tensor) -> None:
+        self.images = images
+        self._event: torch.cuda.Event | None = None
+        if values.is_cuda:
+            self._host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self._host.copy_(values, non_blocking=True)
+            self._event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            self._event.record()
+        else:
+            self._host = values
+
+    def values(self) -> list[list[float]]:
+        if self._event is not None:
+            self._event.synchronize()
+        values: list[list[float]] = self._host.tolist()
+        return values
 
 
 @dataclass
@@ -515,7 +542,13 @@ def param_round(
     q_target = cfg.q_target
     if augment is not None and augment.q_target is not None:
         q_target = augment.q_target
-    running = [i for i, a in enumerate(active.tolist()) if a]  # host: one read (nonzero: two)
+    ahead = rt.lookahead if rt.lookahead is not None else dev.type == "cuda"
+    head = torch.stack([active.long(), max_steps.to(active.device).long()]).tolist()  # one read
+    running = [i for i, a in enumerate(head[0]) if a]  # host: the images still being optimized
+    most: list[int] = head[1]
+    taken = [0] * b  # ahead: the steps each image is known to have taken
+    alive = active.clone()  # device: which images have not stopped (read by the host a step late)
+    pending: _Read | None = None  # ahead: the last step's decisions, on their way to the host
     if plan is None:
         with torch.no_grad():
             size = int(param.render(data[:1]).shape[-1]) if b else 0
@@ -532,12 +565,15 @@ def param_round(
     ):
         while running:
             q_parts, go_parts, grad_parts = [], [], []
+            snaps: dict[int, torch.Tensor] = {}
             chunks = [running[i : i + plan.images] for i in range(0, len(running), plan.images)]
             passes = 0
             for chunk in chunks:
                 sel = _index(chunk, b, dev)
                 tg_img = targets[sel]
                 sub = data[sel].detach().requires_grad_(True)
+                if ahead and (augment is not None or sd is not None):  # draws to give back
+                    snaps.update((i, gens[i].get_state()) for i in chunk)
                 draws = [A.draw(gens[i], augment) for i in chunk] if augment is not None else []
                 keeps = []  # (branches, views) per image: which branches it keeps this step
                 if sd is not None:
@@ -572,7 +608,7 @@ def param_round(
                     p = logp.gather(1, tg)[:, 0].exp().detach().double().view(-1, k)
                     if not split:  # all views in this pass: decide first, skip needless backward
                         qc = p.mean(dim=1)
-                        go_c = ~((qc > q_target) | (steps[sel] >= max_steps[sel]))
+                        go_c = alive[sel] & ~((qc > q_target) | (steps[sel] >= max_steps[sel]))
                         obj = chosen.view(-1, k).mean(dim=1)  # mean over views
                         # CPU: no wait, skip the backward
                         if dev.type == "cuda" or bool(go_c.any()):
@@ -587,7 +623,7 @@ def param_round(
                         q_sum = q_sum + p.sum(dim=1)
                 qc = q_sum if not split else q_sum / nv
                 if go_c is None or split:
-                    go_c = ~((qc > q_target) | (steps[sel] >= max_steps[sel]))
+                    go_c = alive[sel] & ~((qc > q_target) | (steps[sel] >= max_steps[sel]))
                 if saliency is not None and g_img is not None:  # stepping images only
                     mask = go_c.to(saliency)[:, None, None]
                     saliency[sel] += g_img.abs().sum(dim=1).to(saliency) * mask
@@ -596,19 +632,35 @@ def param_round(
                 grad_parts.append(grad if grad is not None else torch.zeros_like(sub))
             q, go = torch.cat(q_parts), torch.cat(go_parts)
             sel = _index(running, b, dev)
-            q_after[sel] = q
+            was = alive[sel]  # stopped images (ahead) keep their q_C, steps and pixels
+            q_after[sel] = torch.where(was, q, q_after[sel]) if ahead else q
             if first:
                 q_before[sel] = q
                 first = False
+            alive[sel] = go
             steps[sel] += go.long()
             grads = grad_parts[0] if len(grad_parts) == 1 else torch.cat(grad_parts)
             grads = grads.to(data.dtype)
-            if dev.type != "cpu":  # queue the masked update before the host waits
+            if dev.type != "cpu" or ahead:  # queue the masked update before the host waits
                 adam.step(data, sel, grads, go)
-            host = torch.stack([go.double(), q]).tolist()  # the one read of the device per step
+            decided = _Read(running, torch.stack([go.double(), q]))
+            if ahead:  # read the step before, while this one runs on the device
+                previous, pending = pending, decided
+                if previous is None:
+                    continue
+                decided = previous
+            host = decided.values()  # the one read of the device per step
             go_host = [g > 0.5 for g in host[0]]
+            seen = decided.images
+            stopped = {i for i, g in zip(seen, go_host, strict=True) if not g}
+            for i in stopped.intersection(snaps):  # ahead: drew for a step it did not take
+                gens[i].set_state(snaps[i])
+            if ahead:  # one that took its last step had it judged by the pass queued since
+                for i, went in zip(seen, go_host, strict=True):
+                    taken[i] += int(went)
+                stopped.update(i for i in seen if taken[i] >= most[i])
             if any(go_host):
-                if dev.type == "cpu":  # in place on runs of stepping images: no gathers, no masks
+                if dev.type == "cpu" and not ahead:  # in place on runs of stepping images
                     for row, start, n in _runs(running, go_host):
                         adam.step(data, slice(start, start + n), grads[row : row + n])
                 step += 1
@@ -616,7 +668,7 @@ def param_round(
                 rt.check_deadline()
                 if on_step is not None:
                     on_step(step, q_last)
-            running = [i for i, g in zip(running, go_host, strict=True) if g]
+            running = [i for i in running if i not in stopped]
     return steps, q_before, q_after
 
 
