@@ -526,7 +526,8 @@ def param_round(
     The images still being optimized go through the model in the passes of ``plan`` (default:
     ``plan_passes`` for this batch). Between two passes of one step, ``on_pass(step, q_C)`` is
     called with the last finished step and its lowest q_C (it may raise to cancel), and the
-    runtime's deadline is checked. The host reads the device once per step (which images go on).
+    runtime's deadline is checked. The host reads the device once per step (which images go on;
+    with ``runtime.lookahead``, the default on a GPU, a step late, see ``Runtime``).
 
     Returns:
         steps (B,) long, q_before (B,), q_after (B,) -- zeros for inactive images.
