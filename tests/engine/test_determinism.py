@@ -199,3 +199,26 @@ def test_lookahead_takes_no_extra_pass_at_the_step_limit(lite: LoadedModel) -> N
             handle.remove()
         passes[ahead] = count
     assert passes[True] == passes[False]
+
+
+@pytest.mark.parametrize("translate", [1.0, 0.0])
+def test_jitter_and_crop_in_one_sampling_equals_apply(translate: float) -> None:
+    """The GPU's views (jitter, rotation, zoom and crop in one gather sampling) against the
+    CPU's (a shift per view, then ``grid_sample``): the same values and input gradients."""
+    cfg = StepAugment(
+        views=5, jitter=6, max_rotation=180.0, scale_min=0.7, scale_max=1.5,
+        translate=translate, view_scale=0.75,
+    )  # fmt: skip
+    gens = [A.generator(s) for s in (1, 2, 3)]
+    draws = [A.draw(g, cfg) for g in gens]
+    assert draws[0].shifts.abs().max() > 0
+    g = torch.Generator().manual_seed(4)
+    x = (torch.rand(3, 3, 20, 20, generator=g, dtype=torch.float64) * 255).requires_grad_(True)
+    ref = A.apply(x, draws)
+    got = A._jitter_and_crop(x, draws, 15)
+    assert got.shape == ref.shape == (15, 3, 15, 15)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-9)
+    w = torch.rand(ref.shape, generator=g, dtype=torch.float64)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
+    (g_got,) = torch.autograd.grad((got * w).sum(), x)
+    torch.testing.assert_close(g_got, g_ref, rtol=0, atol=1e-9)

@@ -100,6 +100,10 @@ def apply(x: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
     if not draws:
         return x[:0]
     v = draws[0].angles.shape[0]
+    size = round(int(x.shape[-1]) * draws[0].view_scale)
+    if x.is_cuda and (draws[0].offsets is not None or size != x.shape[-1]):
+        views = _jitter_and_crop(x, draws, size)  # one sampling: no pass per view on the host
+        return _add_noise(views, draws)
     out = []
     for i, d in enumerate(draws):
         for k in range(v):
@@ -108,18 +112,38 @@ def apply(x: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
     jittered = torch.cat(out)
     angles = torch.cat([d.angles for d in draws])  # CPU: decided here, moved by warp
     scales = torch.cat([d.scales for d in draws])
-    size = round(int(x.shape[-1]) * draws[0].view_scale)
     if draws[0].offsets is not None or size != x.shape[-1]:
-        offsets = (
-            torch.cat([d.offsets for d in draws if d.offsets is not None])
-            if draws[0].offsets is not None
-            else torch.zeros(angles.shape[0], 2, dtype=torch.float64)
-        )
-        views = crop(jittered, angles, scales, offsets, size)
+        views = crop(jittered, angles, scales, _offsets(draws), size)
     elif bool((angles == 0).all()) and bool((scales == 1).all()):
         views = jittered
     else:
         views = T.warp(jittered, angles, scales)
+    return _add_noise(views, draws)
+
+
+def _offsets(draws: list[Draw]) -> torch.Tensor:
+    """The views' centers (N * V, 2), zeros where the draws have none."""
+    if draws[0].offsets is not None:
+        return torch.cat([d.offsets for d in draws if d.offsets is not None])
+    return torch.zeros(sum(d.angles.shape[0] for d in draws), 2, dtype=torch.float64)
+
+
+def _jitter_and_crop(x: torch.Tensor, draws: list[Draw], size: int) -> torch.Tensor:
+    """``crop`` of the jittered views as ``apply`` makes them, in one sampling of all of them
+    (the GPU's way: no pass per view on the host; the same values to float rounding)."""
+    v = draws[0].angles.shape[0]
+    angles = torch.cat([d.angles for d in draws])
+    scales = torch.cat([d.scales for d in draws])
+    theta = T.affine_theta(angles.to(x.dtype), scales.to(x.dtype)).clone()
+    theta[:, :, 2] = _offsets(draws).to(theta)
+    theta = _to_device(theta, x.device)
+    shifts = _to_device(torch.cat([d.shifts for d in draws]), x.device)
+    grid = F.affine_grid(theta, [theta.shape[0], x.shape[1], size, size], align_corners=False)
+    views = determinism.sample_bilinear(x.repeat_interleave(v, dim=0), grid, shifts)
+    return views.clamp(0.0, 255.0)
+
+
+def _add_noise(views: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
     if draws[0].noise_seeds is not None and draws[0].noise > 0:
         shape = tuple(views.shape[1:])
         noise = [

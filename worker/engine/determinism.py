@@ -43,12 +43,17 @@ def is_deterministic() -> bool:
     return bool(torch.are_deterministic_algorithms_enabled())
 
 
-def sample_bilinear(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+def sample_bilinear(
+    x: torch.Tensor, grid: torch.Tensor, shifts: torch.Tensor | None = None
+) -> torch.Tensor:
     """``F.grid_sample(x, grid, "bilinear", "zeros", align_corners=False)`` as four gathers.
 
     Hand-written because ``grid_sample``'s CUDA backward adds atomically (no deterministic
     kernel); a gather's backward is a ``scatter_add``, which PyTorch makes deterministic in
     deterministic mode. Forward values agree with ``grid_sample`` to float rounding.
+
+    ``shifts`` (N, 2) integer (dy, dx), when given: each image is first moved down by dy and
+    right by dx pixels with black fill (``augment.shift``), in the same gathers.
     """
     n, c, h, w = x.shape
     _, ho, wo, _ = grid.shape
@@ -63,6 +68,10 @@ def sample_bilinear(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         for dx, wx in ((0, 1.0 - fx), (1, fx)):
             xi, yi = x0l + dx, y0l + dy
             inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+            if shifts is not None:  # the pixel of the shifted image comes from here
+                xi = xi - shifts[:, 1, None, None]
+                yi = yi - shifts[:, 0, None, None]
+                inside &= (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
             idx = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).view(n, 1, ho * wo)
             weight = (wy * wx * inside).view(n, 1, ho * wo).to(x.dtype)
             out = out + flat.gather(2, idx.expand(n, c, ho * wo)) * weight
