@@ -17,7 +17,7 @@ from worker.engine import optimize as O
 from worker.engine import param as P
 from worker.engine import transforms as T
 from worker.engine.images import flat_gray
-from worker.engine.models import LoadedModel
+from worker.engine.models import LoadedModel, bucket
 
 
 def _grid(n: int, out: int) -> torch.Tensor:
@@ -95,11 +95,21 @@ def test_deterministic_switch() -> None:
 
 
 def test_bucket_sizes() -> None:
-    sizes = [O.bucket(n) for n in range(1, 200)]
+    sizes = [bucket(n) for n in range(1, 200)]
     assert all(s >= n for n, s in zip(range(1, 200), sizes, strict=True))
     assert sorted(set(sizes)) == [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256]
-    assert all((s - n) / s <= 0.5 for n, s in zip(range(1, 200), sizes, strict=True))
-    assert O.bucket(400) == 512 and O.bucket(384) == 384 and O.bucket(385) == 512
+    assert max((s - n) / s for n, s in zip(range(1, 200), sizes, strict=True)) == 3 / 8
+    assert bucket(400) == 512 and bucket(384) == 384 and bucket(385) == 512
+
+
+def test_padded_classify_gives_the_unpadded_probabilities(lite: LoadedModel) -> None:
+    from worker.engine.classify import predict
+
+    x = torch.rand(5, 3, 96, 96) * 255
+    plain = predict(lite, x, chunk=3, buckets=False)  # 3 and 2
+    padded = predict(lite, x, chunk=3, buckets=True)  # 3 -> 4, 2
+    assert padded.shape == plain.shape == (5, lite.info.num_classes)
+    torch.testing.assert_close(padded, plain, rtol=1e-4, atol=1e-6)
 
 
 def test_padded_pass_gives_the_unpadded_logits(lite: LoadedModel) -> None:

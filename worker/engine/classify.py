@@ -19,7 +19,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from worker.engine import render
-from worker.engine.models import LoadedModel, ModelInfo
+from worker.engine.models import LoadedModel, ModelInfo, bucket
 
 Rect = tuple[int, int, int, int]
 """``(x, y, width, height)`` in pixels: columns ``x .. x+width-1``, rows ``y .. y+height-1``."""
@@ -165,14 +165,23 @@ def screen_mask(height: int, width: int, rects: Sequence[Rect]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: LoadedModel, x: torch.Tensor, chunk: int = 32) -> torch.Tensor:
-    """Softmax probabilities (B, K) of model-input-sized images (B, 3, N, N), pixel space."""
+def predict(
+    model: LoadedModel, x: torch.Tensor, chunk: int = 32, *, buckets: bool | None = None
+) -> torch.Tensor:
+    """Softmax probabilities (B, K) of model-input-sized images (B, 3, N, N), pixel space.
+
+    ``buckets`` (default: on a GPU): each pass padded with black images to its ``bucket`` size,
+    so that a GPU meets few batch sizes (each new one costs cuDNN seconds)."""
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
-    outs = [
-        model(x[i : i + chunk].to(model.device)).float().softmax(dim=1).cpu()
-        for i in range(0, x.shape[0], chunk)
-    ]
+    pad_on = model.device.type == "cuda" if buckets is None else buckets
+    outs = []
+    for i in range(0, x.shape[0], chunk):
+        xs = x[i : i + chunk].to(model.device)
+        n = xs.shape[0]
+        if pad_on and bucket(n) > n:
+            xs = torch.cat([xs, xs.new_zeros(bucket(n) - n, *xs.shape[1:])])
+        outs.append(model(xs)[:n].float().softmax(dim=1).cpu())
     return torch.cat(outs)
 
 

@@ -176,6 +176,21 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+def bucket(n: int) -> int:
+    """The pass size a batch of ``n`` images is padded to on a GPU (the optimizer's passes,
+    ``classify.predict``): 1, 2, 4, 8, then two sizes per octave (12, 16, 24, 32, 48, ...), so
+    at most three eighths of a pass is padding (5 -> 8).
+
+    cuDNN prepares its kernels for every new input shape, and the images of a job leave the batch
+    one by one as they finish: without buckets nearly every step meets a new shape (on the first
+    GPU run, a batched 27-level sweep took 35 s against 5.7 s one image at a time).
+    """
+    if n <= 8:
+        return 1 << max(n - 1, 0).bit_length()
+    p = 1 << (n - 1).bit_length()  # the power of two >= n
+    return 3 * p // 4 if n <= 3 * p // 4 else p
+
+
 @dataclass
 class LoadedModel:
     """A model ready to run: ``forward`` takes pixel-space images and returns logits (B, K)."""

@@ -21,7 +21,7 @@ from worker.engine import param as P
 from worker.engine import skipgrad as SG
 from worker.engine import transforms as T
 from worker.engine.images import check_images, to_uint8
-from worker.engine.models import LoadedModel
+from worker.engine.models import LoadedModel, bucket
 
 Progress = Callable[[int, int, int, float], None]
 """Called as ``progress(round, rounds, step, q_C)`` after every step; may raise to cancel."""
@@ -245,20 +245,6 @@ class VisResult:
     q_final: float = 0.0
     transparency: torch.Tensor | None = None
     """(H, W) when asked: the sum over steps of |d objective / d image| (channels summed), >= 0."""
-
-
-def bucket(n: int) -> int:
-    """The pass size a batch of ``n`` views is padded to on a GPU: 1, 2, 4, 8, then two sizes
-    per octave (12, 16, 24, 32, 48, ...), so at most a third is padding.
-
-    cuDNN prepares its kernels for every new input shape, and the images of a job leave the batch
-    one by one as they finish: without buckets nearly every step meets a new shape (on the first
-    GPU run, a batched 27-level sweep took 35 s against 5.7 s one image at a time).
-    """
-    if n <= 8:
-        return 1 << max(n - 1, 0).bit_length()
-    p = 1 << (n - 1).bit_length()  # the power of two >= n
-    return 3 * p // 4 if n <= 3 * p // 4 else p
 
 
 def _forward(model: LoadedModel, x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
