@@ -23,7 +23,7 @@
   passes to buckets, and the steps without deterministic kernels, beside the figures above.
 
 On CUDA everything runs with deterministic kernels, as the worker does (``--no-deterministic``:
-PyTorch's fastest), and passes padded to buckets (``optimize.bucket``).
+PyTorch's fastest), and passes padded to buckets (``models.bucket``).
 
 Every timed figure carries ``peak_gpu_mib`` on CUDA. Timings are medians of repeated runs after a
 warm-up; machine, load average, torch version and thread count are recorded, so figures from
@@ -352,7 +352,7 @@ def main() -> None:
             O.sample_bytes(model, model.info.input_size, rt, grad=True) / 2**20, 2
         ),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
-        "buckets": "on a GPU (optimize.bucket)",
+        "buckets": "on a GPU (models.bucket)",
         "note": args.note,
         "load_average_before": list(load_before),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -1,6 +1,6 @@
 """What makes CUDA runs repeatable, checked on the CPU (``test_cuda.py`` checks it on a GPU):
 the gather sampler against ``grid_sample``, the global pool against ``AdaptiveAvgPool2d``, the
-padded passes (``optimize.bucket``) against unpadded ones, and the process-wide switch."""
+padded passes (``models.bucket``) against unpadded ones, and the process-wide switch."""
 
 from __future__ import annotations
 

@@ -220,7 +220,7 @@ class Collector:
         if got < n:  # a forward pass the caller did not make went through the hooks
             raise RuntimeError(f"BatchNorm prior: {got} views collected, expected {n}")
         mus, m2s = torch.stack(mu, dim=1), torch.stack(m2, dim=1)
-        if got > n:  # the padding rows of the pass (optimize.bucket): not views
+        if got > n:  # the padding rows of the pass (models.bucket): not views
             mus, m2s = mus[:n], m2s[:n]
         return self._layers(key).distance(mus, m2s)
 
