@@ -137,8 +137,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.settings import get_settings
     from worker import malloc
 
-    if get_settings().tune_malloc:  # as a worker process does
+    settings = get_settings()
+    if settings.tune_malloc:  # as a worker process does
         malloc.tune()
+    if settings.deterministic and getattr(args, "device", "auto") != "cpu":
+        import torch
+
+        if torch.cuda.is_available():  # as a worker on a GPU runs (TIVIS_DETERMINISTIC)
+            from worker.engine.determinism import deterministic
+
+            deterministic(True)
     if args.command in ("classify", "screen"):
         return _classify_or_screen(parser, args)
 
