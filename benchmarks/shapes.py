@@ -11,10 +11,12 @@ forward+backward at three new batch sizes, and the steady time per image at batc
 the choice is between a cheap new shape and a fast steady step:
 
 - ``deterministic``: as the worker runs (``TIVIS_DETERMINISTIC``, the default);
-- ``fastest``: PyTorch's default kernels;
+- ``fastest``: PyTorch's default kernels (not deterministic);
 - ``cudnn_v8_api_disabled``: ``TORCH_CUDNN_V8_API_DISABLED=1`` (cuDNN's older heuristics, where
   this PyTorch still has them);
-- ``cudnn_off``: ``torch.backends.cudnn.enabled = False`` (PyTorch's own convolution kernels).
+- ``cudnn_off``: ``torch.backends.cudnn.enabled = False`` (PyTorch's own convolution kernels);
+- ``nchw``: the default kernels with the model and inputs in NCHW order instead of the engine's
+  NHWC (channels last), which routes depthwise convolutions elsewhere.
 
 One JSON object with one entry per setting; a setting that fails records its error.
 """
@@ -34,11 +36,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SETTINGS: dict[str, dict[str, str]] = {
+SETTINGS: dict[str, dict[str, str]] = {  # the most telling first: a stage cut short keeps them
     "deterministic": {"TIVIS_SHAPES_DETERMINISTIC": "1"},
-    "fastest": {},
     "cudnn_v8_api_disabled": {"TORCH_CUDNN_V8_API_DISABLED": "1"},
     "cudnn_off": {"TIVIS_SHAPES_CUDNN_OFF": "1"},
+    "nchw": {"TIVIS_SHAPES_NCHW": "1"},
+    "fastest": {},
 }
 
 
@@ -60,12 +63,14 @@ def measure(model_name: str, device: str) -> dict[str, Any]:
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    model.use_channels_last(True)
+    nhwc = not os.environ.get("TIVIS_SHAPES_NCHW")
+    model.use_channels_last(nhwc)
+    layout = torch.channels_last if nhwc else torch.contiguous_format
     size = model.info.input_size
 
     def step(n: int) -> float:
         x = torch.full((n, 3, size, size), 100.0, device=dev)
-        x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        x = x.contiguous(memory_format=layout).requires_grad_(True)
         sync()
         t = time.perf_counter()
         torch.autograd.grad(model(x)[:, 0].sum(), x)

@@ -251,8 +251,8 @@ def main() -> int:
     if "shapes" not in args.skip:  # what a new pass shape costs, per cuDNN setting
         summary["shapes"] = _run(
             [py, "benchmarks/shapes.py", "--model", model, "--device", args.device,
-             "--out", str(out / "shapes.json"), "--timeout", "40"],
-            out / "stages.log", env, timeout=200 if cpu else 170,
+             "--out", str(out / "shapes.json"), "--timeout", "36"],
+            out / "stages.log", env, timeout=200 if cpu else 190,
         )  # fmt: skip
     if "benchmark" not in args.skip:
         bench = [

@@ -40,7 +40,7 @@ def test_gpu_check_runs_on_the_cpu(tmp_path: Path) -> None:
     assert summary["ok"] and summary["device"] == "cpu" and summary["model"] == "tiny"
     assert summary["cuda_tests"]["ok"]
     shapes = json.loads((out / "shapes.json").read_text())
-    for name in ("deterministic", "fastest", "cudnn_v8_api_disabled", "cudnn_off"):
+    for name in ("deterministic", "fastest", "cudnn_v8_api_disabled", "cudnn_off", "nchw"):
         assert len(shapes[name]["new_shape_first_seconds"]) == 3, shapes[name]
         assert set(shapes[name]["steady_seconds_per_image"]) == {"32", "256"}
     assert shapes["deterministic"]["deterministic"] and not shapes["fastest"]["deterministic"]
