@@ -8,7 +8,8 @@
   at each batch size (default 1/32/256 on CUDA, 1/8/27 on the CPU), next to the bare model
   forward+backward of the same images in the same passes, and their ratio (aim: <= 1.05).
 - ``sweep``: the entropy sweep (27 levels, a shortened schedule recorded in the output) as one
-  batch versus one by one, the speed-up and whether the images agree.
+  batch versus one by one, the speed-up and whether the images agree; on CUDA both again, once
+  every pass shape has been met (``*_again_seconds``: a worker that has run jobs).
 - ``default_visualization``: the wall time of one default visualization (soccer ball), its steps.
 - ``invariant_plus_classes``: ``invariant+`` over N classes in one job, as classes per minute.
 - ``invariant_plus_long_classes``: the same with ``LONG`` (rounds of 60 steps that never end
@@ -180,12 +181,18 @@ def time_sweep(
     mean_diffs = [
         float((a.image - b.image).abs().mean()) for a, b in zip(res_b, res_s, strict=True)
     ]
+    warm: dict[str, float] = {}
+    if dev.type == "cuda":  # again, every pass shape met once: a worker that has run jobs
+        warm["batched_again_seconds"], _ = _timed(dev, batched)
+        warm["one_by_one_again_seconds"], _ = _timed(dev, single)
+        warm["speedup_again"] = warm["one_by_one_again_seconds"] / warm["batched_again_seconds"]
     return {
         "levels": len(levels),
         "schedule": f"rotate 10° × {rounds}, max 20 steps per round",
         "batched_seconds": t_batched,
         "one_by_one_seconds": t_single,
         "speedup": t_single / t_batched,
+        **warm,
         "batched_equals_one_by_one": max(diffs) == 0.0,
         "max_pixel_difference": max(diffs),
         "mean_pixel_difference": statistics.mean(mean_diffs),

@@ -283,7 +283,7 @@ def main() -> int:
             ]
         else:  # no --compile: on the first GPU run it did not finish within the stage's time
             bench += ["--amp", "--skip", "long"]
-        summary["benchmark"] = _run(bench, out / "stages.log", env, timeout=600 if cpu else 200)
+        summary["benchmark"] = _run(bench, out / "stages.log", env, timeout=600 if cpu else 230)
     if "service" not in args.skip:
         summary["service"] = service(
             out, env, model, target, [0, 128, 255] if cpu else None, timeout=600 if cpu else 150
