@@ -88,6 +88,9 @@ def test_deterministic_switch() -> None:
     try:
         assert torch.are_deterministic_algorithms_enabled()
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        import torch.utils.deterministic as det
+
+        assert not det.fill_uninitialized_memory  # type: ignore[attr-defined]
     finally:
         D.deterministic(False)
     assert not torch.are_deterministic_algorithms_enabled()

@@ -35,8 +35,12 @@ def deterministic(on: bool = True) -> None:
     torch.use_deterministic_algorithms(on, warn_only=True)
     torch.backends.cudnn.deterministic = on
     torch.backends.cudnn.benchmark = False
-    if hasattr(torch.utils, "deterministic"):  # no NaN-filling of fresh buffers: not needed here
-        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
+    try:  # no NaN-filling of fresh buffers (what deterministic mode does by default): not needed
+        import torch.utils.deterministic as det
+
+        det.fill_uninitialized_memory = False  # type: ignore[attr-defined]
+    except ImportError:  # an older PyTorch: it has no such filling
+        pass
 
 
 def is_deterministic() -> bool:
