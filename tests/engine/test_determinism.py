@@ -192,7 +192,9 @@ def test_lookahead_gives_the_same_bytes(lite: LoadedModel, method: str, pass_mb:
 def test_lookahead_takes_no_extra_pass_at_the_step_limit(lite: LoadedModel) -> None:
     """A round that ends at its step limit: as many passes a step late as at once (the host
     counts the steps it read, and the pass queued since judged the last one)."""
+    O.sample_bytes(lite, 64, O.Runtime(), grad=True)  # its probing pass, before counting
     passes: dict[bool, int] = {}
+    outs: dict[bool, tuple[torch.Tensor, ...]] = {}
     for ahead in (False, True):
         count = 0
 
@@ -203,15 +205,19 @@ def test_lookahead_takes_no_extra_pass_at_the_step_limit(lite: LoadedModel) -> N
         handle = lite.net.register_forward_hook(hook)  # type: ignore[attr-defined]
         try:
             x = flat_gray([0, 128, 255], 64)
-            O.optimize_round(
+            got = O.optimize_round(
                 lite, x, torch.tensor([805, 1, 954]), torch.ones(3, dtype=torch.bool),
                 OptimizerSettings(q_target=0.999999), torch.tensor([4, 2, 4]),
                 runtime=O.Runtime(lookahead=ahead),
             )  # fmt: skip
+            outs[ahead] = (x, *got)
         finally:
             handle.remove()
         passes[ahead] = count
     assert passes[True] == passes[False]
+    assert outs[True][1].tolist() == [4, 2, 4]  # each image's own limit
+    for a, b in zip(outs[True], outs[False], strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("translate", [1.0, 0.0])
