@@ -241,3 +241,15 @@ def test_jitter_and_crop_in_one_sampling_equals_apply(translate: float) -> None:
     (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
     (g_got,) = torch.autograd.grad((got * w).sum(), x)
     torch.testing.assert_close(g_got, g_ref, rtol=0, atol=1e-9)
+
+
+def test_pass_plans_count_their_padding() -> None:
+    # 100 images of 4 views, room for 400 views: 400 would be padded to 512, so 96 images (384)
+    assert O.fit_plan(100, 4, 400, pad=False) == O.PassPlan(100, 4)
+    assert O.fit_plan(100, 4, 400, pad=True) == O.PassPlan(96, 4)
+    # room for 5 views: 5 would be padded to 8, so 4 views per pass; one image per pass
+    assert O.fit_plan(3, 6, 5, pad=True) == O.PassPlan(1, 4)
+    assert O.fit_plan(3, 6, 5, pad=False) == O.PassPlan(1, 5)
+    for images, views, cap in [(27, 1, 27), (7, 3, 20), (1, 16, 9), (50, 14, 200)]:
+        plan = O.fit_plan(images, views, cap, pad=True)
+        assert bucket(plan.images * plan.views) <= cap or plan.images * plan.views == 1

@@ -160,12 +160,29 @@ def plan_passes(
     dev = model.device
     per = sample_bytes(model, size, runtime, grad=grad)
     cap = max(1, runtime.budget_bytes(dev) // per)  # image views per pass
-    vpp = min(views, cap)
+    pad = dev.type == "cuda" if runtime.buckets is None else runtime.buckets
     if runtime.micro_batch > 0:
-        return PassPlan(runtime.micro_batch, vpp)
+        return PassPlan(runtime.micro_batch, fit_plan(1, views, cap, pad=pad).views)
     if dev.type == "cpu":
-        return PassPlan(1, vpp)
-    return PassPlan(max(1, min(images, cap // views)), vpp)
+        return fit_plan(1, views, cap, pad=pad)
+    return fit_plan(images, views, cap, pad=pad)
+
+
+def fit_plan(images: int, views: int, cap: int, *, pad: bool) -> PassPlan:
+    """Images per pass (up to ``images``; more than one only when all of an image's views fit in
+    a pass) and views per pass (up to ``views``), so that a pass holds at most ``cap`` image
+    views, its padding to the ``bucket`` size counted when ``pad``."""
+
+    def rows(n: int) -> int:
+        return bucket(n) if pad else n
+
+    vpp = min(views, cap)
+    while vpp > 1 and rows(vpp) > cap:
+        vpp -= 1
+    n = max(1, min(images, cap // views))
+    while n > 1 and rows(n * vpp) > cap:
+        n -= 1
+    return PassPlan(n, vpp)
 
 
 def _net(model: LoadedModel, runtime: Runtime) -> Callable[[torch.Tensor], torch.Tensor]:
