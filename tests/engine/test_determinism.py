@@ -30,6 +30,18 @@ def _grid(n: int, out: int) -> torch.Tensor:
     return F.affine_grid(theta, [n, 3, out, out], align_corners=False)
 
 
+def _same_values_and_gradients(
+    got: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, g: torch.Generator
+) -> None:
+    """``got`` equals ``ref`` to 1e-9, and so does the gradient of a random weighting of it
+    with respect to ``x`` (float64 throughout)."""
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-9)
+    w = torch.rand(ref.shape, generator=g, dtype=torch.float64)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
+    (g_got,) = torch.autograd.grad((got * w).sum(), x)
+    torch.testing.assert_close(g_got, g_ref, rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("out", [9, 16, 23])
 def test_bilinear_gather_equals_grid_sample(out: int) -> None:
     g = torch.Generator().manual_seed(1)
@@ -37,11 +49,7 @@ def test_bilinear_gather_equals_grid_sample(out: int) -> None:
     grid = _grid(5, out).double()
     ref = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     got = D.sample_bilinear(x, grid)
-    torch.testing.assert_close(got, ref, rtol=0, atol=1e-9)
-    w = torch.rand(ref.shape, generator=g, dtype=torch.float64)
-    (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
-    (g_got,) = torch.autograd.grad((got * w).sum(), x)
-    torch.testing.assert_close(g_got, g_ref, rtol=0, atol=1e-9)
+    _same_values_and_gradients(got, ref, x, g)
 
 
 def test_bilinear_gather_hand_made() -> None:
@@ -236,11 +244,7 @@ def test_jitter_and_crop_in_one_sampling_equals_apply(translate: float) -> None:
     ref = A.apply(x, draws)
     got = A._jitter_and_crop(x, draws, 15)
     assert got.shape == ref.shape == (15, 3, 15, 15)
-    torch.testing.assert_close(got, ref, rtol=0, atol=1e-9)
-    w = torch.rand(ref.shape, generator=g, dtype=torch.float64)
-    (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
-    (g_got,) = torch.autograd.grad((got * w).sum(), x)
-    torch.testing.assert_close(g_got, g_ref, rtol=0, atol=1e-9)
+    _same_values_and_gradients(got, ref, x, g)
 
 
 def test_pass_plans_count_their_padding() -> None:
