@@ -140,13 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = get_settings()
     if settings.tune_malloc:  # as a worker process does
         malloc.tune()
-    if settings.deterministic and getattr(args, "device", "auto") != "cpu":
-        import torch
+    from worker.jobs.base import use_determinism
 
-        if torch.cuda.is_available():  # as a worker on a GPU runs (TIVIS_DETERMINISTIC)
-            from worker.engine.determinism import deterministic
-
-            deterministic(True)
+    use_determinism(settings.deterministic, getattr(args, "device", "auto"))  # as a worker does
     if args.command in ("classify", "screen"):
         return _classify_or_screen(parser, args)
 

@@ -34,7 +34,7 @@ from specs.classify import ArtifactRef, ClassifySpec, ScreenSpec
 from specs.kinds import KINDS
 from worker.celery_app import app, worker_name
 from worker.jobs import RUNNERS, JobContext  # torch, imported before the pool forks: warm children
-from worker.jobs.base import model_versions, resolve_device
+from worker.jobs.base import model_versions, use_determinism
 
 log = logging.getLogger("tivis.worker")
 
@@ -65,10 +65,7 @@ class _State:
         )
         self.artifacts = store_from_settings(s)
         self.pid = os.getpid()
-        if s.deterministic and resolve_device(s.device).type == "cuda":
-            from worker.engine.determinism import deterministic
-
-            deterministic(True)
+        use_determinism(s.deterministic, s.device)
 
 
 _state: _State | None = None

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from specs import StepAugment
 from worker.engine import determinism
 from worker.engine import transforms as T
-from worker.engine.images import check_images
+from worker.engine.images import check_images, to_device
 
 
 @dataclass(frozen=True)
@@ -134,10 +134,8 @@ def _jitter_and_crop(x: torch.Tensor, draws: list[Draw], size: int) -> torch.Ten
     v = draws[0].angles.shape[0]
     angles = torch.cat([d.angles for d in draws])
     scales = torch.cat([d.scales for d in draws])
-    theta = T.affine_theta(angles.to(x.dtype), scales.to(x.dtype)).clone()
-    theta[:, :, 2] = _offsets(draws).to(theta)
-    theta = _to_device(theta, x.device)
-    shifts = _to_device(torch.cat([d.shifts for d in draws]), x.device)
+    theta = _theta(angles, scales, _offsets(draws), x)
+    shifts = to_device(torch.cat([d.shifts for d in draws]), x.device)
     grid = F.affine_grid(theta, [theta.shape[0], x.shape[1], size, size], align_corners=False)
     views = determinism.sample_bilinear(x.repeat_interleave(v, dim=0), grid, shifts)
     return views.clamp(0.0, 255.0)
@@ -151,7 +149,7 @@ def _add_noise(views: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
             for d in draws
             for s in (d.noise_seeds if d.noise_seeds is not None else [])
         ]
-        views = views + _to_device(torch.stack(noise), views.device).to(views.dtype)
+        views = views + to_device(torch.stack(noise), views.device).to(views.dtype)
     return views
 
 
@@ -169,22 +167,20 @@ def crop(
     Bilinear, black fill outside the image, clipped to 0..255; differentiable.
     """
     check_images(x)
-    # made where the parameters are (the CPU, for every caller in tivis), sent without a wait
-    theta = T.affine_theta(degrees.to(x.dtype), scales.to(x.dtype)).clone()
-    theta[:, :, 2] = offsets.to(theta)
-    theta = _to_device(theta, x.device)
+    theta = _theta(degrees, scales, offsets, x)
     shape = list(x.shape) if size is None else [x.shape[0], x.shape[1], size, size]
     grid = F.affine_grid(theta, shape, align_corners=False)
     return determinism.grid_sample(x, grid).clamp(0.0, 255.0)
 
 
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A tensor on ``device``; from the CPU to a GPU pinned and non-blocking (the host goes on)."""
-    if t.device == device:
-        return t
-    if device.type == "cuda" and t.device.type == "cpu":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
+def _theta(
+    degrees: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor:
+    """``affine_grid``'s matrices of views centered at ``offsets``, for ``x``: made where the
+    parameters are (the CPU, for every caller in tivis), sent without a wait."""
+    theta = T.affine_theta(degrees.to(x.dtype), scales.to(x.dtype)).clone()
+    theta[:, :, 2] = offsets.to(theta)
+    return to_device(theta, x.device)
 
 
 __all__ = ["Draw", "apply", "crop", "draw", "generator", "image_seed", "shift"]

@@ -19,7 +19,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from worker.engine import render
-from worker.engine.models import LoadedModel, ModelInfo, bucket
+from worker.engine.models import LoadedModel, ModelInfo, pad_to_bucket
 
 Rect = tuple[int, int, int, int]
 """``(x, y, width, height)`` in pixels: columns ``x .. x+width-1``, rows ``y .. y+height-1``."""
@@ -179,9 +179,7 @@ def predict(
     for i in range(0, x.shape[0], chunk):
         xs = x[i : i + chunk].to(model.device)
         n = xs.shape[0]
-        if pad_on and bucket(n) > n:
-            xs = torch.cat([xs, xs.new_zeros(bucket(n) - n, *xs.shape[1:])])
-        outs.append(model(xs)[:n].float().softmax(dim=1).cpu())
+        outs.append(model(pad_to_bucket(xs) if pad_on else xs)[:n].float().softmax(dim=1).cpu())
     return torch.cat(outs)
 
 

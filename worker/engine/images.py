@@ -17,6 +17,16 @@ def check_images(x: torch.Tensor, name: str = "images") -> None:
         raise ValueError(f"expected floating {name} in pixel space 0..255, got {x.dtype}")
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; from the CPU to a GPU pinned and non-blocking, so the host goes on
+    without waiting for the copy."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def flat_gray(
     levels: list[int] | torch.Tensor,
     size: int | tuple[int, int],

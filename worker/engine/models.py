@@ -191,6 +191,15 @@ def bucket(n: int) -> int:
     return 3 * p // 4 if n <= 3 * p // 4 else p
 
 
+def pad_to_bucket(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (N, ...) with black (zero) rows added up to ``bucket(N)`` rows; the caller keeps the
+    first N rows of what the model gives back."""
+    n = x.shape[0]
+    if n == 0 or bucket(n) == n:
+        return x
+    return torch.cat([x, x.new_zeros(bucket(n) - n, *x.shape[1:])])
+
+
 @dataclass
 class LoadedModel:
     """A model ready to run: ``forward`` takes pixel-space images and returns logits (B, K)."""

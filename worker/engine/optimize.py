@@ -20,8 +20,8 @@ from worker.engine import bnprior as BP
 from worker.engine import param as P
 from worker.engine import skipgrad as SG
 from worker.engine import transforms as T
-from worker.engine.images import check_images, to_uint8
-from worker.engine.models import LoadedModel, bucket
+from worker.engine.images import check_images, to_device, to_uint8
+from worker.engine.models import LoadedModel, bucket, pad_to_bucket
 
 Progress = Callable[[int, int, int, float], None]
 """Called as ``progress(round, rounds, step, q_C)`` after every step; may raise to cancel."""
@@ -75,6 +75,14 @@ class Runtime:
     deadline: float | None = None
     buckets: bool | None = None
     lookahead: bool | None = None
+
+    def pads(self, device: torch.device) -> bool:
+        """Whether passes on ``device`` are padded to ``bucket`` sizes."""
+        return device.type == "cuda" if self.buckets is None else self.buckets
+
+    def looks_ahead(self, device: torch.device) -> bool:
+        """Whether the host reads a step's decisions on ``device`` a step late."""
+        return device.type == "cuda" if self.lookahead is None else self.lookahead
 
     def check_deadline(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -160,7 +168,7 @@ def plan_passes(
     dev = model.device
     per = sample_bytes(model, size, runtime, grad=grad)
     cap = max(1, runtime.budget_bytes(dev) // per)  # image views per pass
-    pad = dev.type == "cuda" if runtime.buckets is None else runtime.buckets
+    pad = runtime.pads(dev)
     if runtime.micro_batch > 0:
         return PassPlan(runtime.micro_batch, fit_plan(1, views, cap, pad=pad).views)
     if dev.type == "cpu":
@@ -196,18 +204,11 @@ def _net(model: LoadedModel, runtime: Runtime) -> Callable[[torch.Tensor], torch
     return compiled
 
 
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A CPU tensor on ``device`` without making the host wait (pinned, non-blocking on CUDA)."""
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
 def _index(idx: list[int], n: int, device: torch.device) -> slice | torch.Tensor:
     """``idx`` (sorted host ints) as a slice when it is a contiguous range, else a device index."""
     if idx and idx[-1] - idx[0] + 1 == len(idx):
         return slice(idx[0], idx[-1] + 1)
-    return _to_device(torch.tensor(idx, dtype=torch.long), device)
+    return to_device(torch.tensor(idx, dtype=torch.long), device)
 
 
 class _Read:
@@ -270,10 +271,8 @@ def _forward(model: LoadedModel, x: torch.Tensor, runtime: Runtime) -> torch.Ten
     dropped."""
     model.use_channels_last(runtime.channels_last)
     n = x.shape[0]
-    pad_on = x.is_cuda if runtime.buckets is None else runtime.buckets
-    pad = bucket(n) - n if (pad_on and n > 0) else 0
-    if pad:
-        x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])])
+    if runtime.pads(x.device):
+        x = pad_to_bucket(x)
     if runtime.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     net = _net(model, runtime)
@@ -282,7 +281,7 @@ def _forward(model: LoadedModel, x: torch.Tensor, runtime: Runtime) -> torch.Ten
             out = net(x).float()
     else:
         out = net(x)
-    return out[:n] if pad else out
+    return out[:n]
 
 
 @torch.no_grad()
@@ -546,7 +545,7 @@ def param_round(
     q_target = cfg.q_target
     if augment is not None and augment.q_target is not None:
         q_target = augment.q_target
-    ahead = rt.lookahead if rt.lookahead is not None else dev.type == "cuda"
+    ahead = rt.looks_ahead(dev)
     head = torch.stack([active.long(), max_steps.to(active.device).long()]).tolist()  # one read
     running = [i for i, a in enumerate(head[0]) if a]  # host: the images still being optimized
     most: list[int] = head[1]
@@ -600,7 +599,7 @@ def param_round(
                         img = A.apply(img, [_views(d, a, k) for d in draws])  # (n*k, 3, H, W)
                     if sd is not None:  # image-major, as A.apply orders the views
                         keep = torch.cat([kp[:, a : a + k] for kp in keeps], dim=1)
-                        sd.keep = _to_device(keep, dev)
+                        sd.keep = to_device(keep, dev)
                     logits = _forward(model, img, rt).float()
                     if sd is not None:
                         sd.keep = None

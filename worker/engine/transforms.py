@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from specs import Operation, RandomViews, TransformTests
 from worker.engine import determinism
-from worker.engine.images import check_images
+from worker.engine.images import check_images, to_device
 
 
 def _cos_sin(degrees: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,9 +64,7 @@ def warp(x: torch.Tensor, degrees: torch.Tensor, scales: torch.Tensor) -> torch.
     # The matrices are made where the angles are (the CPU, for every caller in tivis) and sent
     # without making the host wait for the device.
     theta = affine_theta(degrees.to(x.dtype), scales.to(x.dtype))
-    if theta.device != x.device:
-        theta = theta.pin_memory() if x.device.type == "cuda" else theta
-        theta = theta.to(x.device, non_blocking=True)
+    theta = to_device(theta, x.device)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = determinism.grid_sample(x, grid)
     # Quarter turns at scale 1 move pixels onto pixels: make them exact (no resampling error).

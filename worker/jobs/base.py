@@ -76,6 +76,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_determinism(on: bool, device: str) -> None:
+    """Deterministic kernels (``TIVIS_DETERMINISTIC``) where ``device`` resolves to a GPU; the
+    CPU is deterministic as it is."""
+    if on and resolve_device(device).type == "cuda":
+        from worker.engine.determinism import deterministic
+
+        deterministic(True)
+
+
 def model_versions(registry: Registry, spec: Any) -> dict[str, dict[str, str | None]]:
     """The exact version and weights checksum of every model a spec names (``model``,
     ``models``, ``judges``), as the job ran with them: ``{name: {version, sha256}}``."""
