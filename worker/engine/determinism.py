@@ -11,7 +11,9 @@ Three things stand between a CUDA run and repeatable bytes, each handled here or
   pooling, replaced by ``GlobalPool``, a mean, when a model is loaded onto a GPU);
 - everything else in the engine already is deterministic (elementwise ops, reductions, gathers).
 
-The CPU is deterministic as it is; nothing here changes what the CPU computes.
+On the CPU, PyTorch's kernels are deterministic as they are, and Intel MKL's matrix products
+are made so by ``MKL_CBWR`` (set when ``worker.engine`` is imported); nothing here changes what
+the CPU computes.
 """
 
 from __future__ import annotations

@@ -77,8 +77,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def use_determinism(on: bool, device: str) -> None:
-    """Deterministic kernels (``TIVIS_DETERMINISTIC``) where ``device`` resolves to a GPU; the
-    CPU is deterministic as it is."""
+    """Deterministic kernels (``TIVIS_DETERMINISTIC``) where ``device`` resolves to a GPU; on
+    the CPU the kernels are deterministic as they are (MKL's since ``worker.engine`` set
+    ``MKL_CBWR``)."""
     if on and resolve_device(device).type == "cuda":
         from worker.engine.determinism import deterministic
 
