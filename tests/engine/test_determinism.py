@@ -105,6 +105,21 @@ def test_deterministic_switch() -> None:
     assert not torch.backends.cudnn.deterministic
 
 
+def test_cpu_gradients_repeat_for_small_images(lite: LoadedModel) -> None:
+    """One small image per pass (views split over passes): MKL's small products gave other
+    input gradients from run to run on a 2-core AVX-512 VM until ``MKL_CBWR`` was set."""
+    import os
+
+    assert os.environ.get("MKL_CBWR")
+    x = torch.rand(1, 3, 50, 50, generator=torch.Generator().manual_seed(3)) * 255
+    grads = []
+    for _ in range(8):
+        xx = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(O._forward(lite, xx, O.Runtime())[:, 805].sum(), xx)
+        grads.append(g)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
 def test_bucket_sizes() -> None:
     sizes = [bucket(n) for n in range(1, 200)]
     assert all(s >= n for n, s in zip(range(1, 200), sizes, strict=True))
@@ -257,3 +272,42 @@ def test_pass_plans_count_their_padding() -> None:
     for images, views, cap in [(27, 1, 27), (7, 3, 20), (1, 16, 9), (50, 14, 200)]:
         plan = O.fit_plan(images, views, cap, pad=True)
         assert bucket(plan.images * plan.views) <= cap or plan.images * plan.views == 1
+
+
+def test_padded_passes_keep_their_size_as_images_stop(lite: LoadedModel) -> None:
+    """Images that stop leave padding behind rather than a new pass shape, until the pass is a
+    ``SHRINK``-th full; the steps and pictures are those of unpadded passes."""
+    O.sample_bytes(lite, 32, O.Runtime(), grad=True)  # its probing pass, before counting
+    limits = torch.tensor([1, 2, 3, 4, 8])  # 5 images leave the batch one by one
+    seen: dict[bool | None, list[int]] = {}
+    outs: dict[bool | None, tuple[torch.Tensor, ...]] = {}
+    for pads in (None, True, False):  # None: each pass to its own bucket (the rule before)
+        sizes: list[int] = []
+
+        def hook(_m: object, inp: tuple[torch.Tensor, ...], sizes: list[int] = sizes) -> None:
+            sizes.append(int(inp[0].shape[0]))
+
+        handle = lite.net.register_forward_pre_hook(hook)  # type: ignore[attr-defined]
+        shrink = O.SHRINK
+        try:
+            if pads is None:
+                O.SHRINK = 1  # every pass shrinks to its own bucket
+            x = flat_gray([0, 64, 128, 192, 255], 32)
+            got = O.optimize_round(
+                lite, x, torch.tensor([805, 1, 954, 2, 3]), torch.ones(5, dtype=torch.bool),
+                OptimizerSettings(q_target=0.999999), limits,
+                runtime=O.Runtime(buckets=pads is not False, micro_batch=5),  # one pass
+            )  # fmt: skip
+            outs[pads] = (x, *got)
+        finally:
+            O.SHRINK = shrink
+            handle.remove()
+        seen[pads] = sizes
+    assert seen[False] == [5, 5, 4, 3, 2, 1, 1, 1, 1]  # unpadded: the images still running
+    assert seen[None] == [8, 8, 4, 4, 2, 1, 1, 1, 1]  # each pass to its bucket: four shapes
+    assert seen[True] == [8, 8, 8, 8, 8, 1, 1, 1, 1]  # kept until 1 row of 5 (<= a quarter)
+    for pads in (None, True):
+        assert outs[pads][1].tolist() == limits.tolist()
+        x, ref = outs[pads][0], outs[False][0]
+        assert float((x - ref).abs().mean()) < 0.05
+        torch.testing.assert_close(outs[pads][3], outs[False][3], rtol=1e-4, atol=1e-5)

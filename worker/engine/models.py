@@ -191,13 +191,14 @@ def bucket(n: int) -> int:
     return 3 * p // 4 if n <= 3 * p // 4 else p
 
 
-def pad_to_bucket(x: torch.Tensor) -> torch.Tensor:
-    """``x`` (N, ...) with black (zero) rows added up to ``bucket(N)`` rows; the caller keeps the
-    first N rows of what the model gives back."""
+def pad_to_bucket(x: torch.Tensor, at_least: int = 0) -> torch.Tensor:
+    """``x`` (N, ...) with black (zero) rows added up to ``bucket(max(N, at_least))`` rows; the
+    caller keeps the first N rows of what the model gives back."""
     n = x.shape[0]
-    if n == 0 or bucket(n) == n:
+    rows = bucket(max(n, at_least))
+    if n == 0 or rows == n:
         return x
-    return torch.cat([x, x.new_zeros(bucket(n) - n, *x.shape[1:])])
+    return torch.cat([x, x.new_zeros(rows - n, *x.shape[1:])])
 
 
 @dataclass

@@ -30,6 +30,13 @@ Progress = Callable[[int, int, int, float], None]
 DEFAULT_CPU_PASS_MB = 2048
 """Memory one pass through the model may take on the CPU when ``Runtime.pass_memory_mb`` is 0."""
 
+SHRINK = 4
+"""Padded passes (``Runtime.pads``) keep the size they had at a round's first step while the
+images still in them fill more than a ``SHRINK``-th of it: images that stop then leave padding
+behind instead of a new shape (on an H100 each new pass shape cost about 4 s, the same shape
+again 10 ms; a row of padding about 0.2-0.5 ms). Below that the pass shrinks to its own bucket,
+so padding never costs more than ``SHRINK`` times the work and a round meets few shapes."""
+
 TEST_EVERY = 9
 """Rounds between the per-round transformation tests kept in the trace when no criterion reads
 them (every 9th round: every 90° of the default schedule, and the last round of the loop)."""
@@ -265,14 +272,14 @@ class VisResult:
     """(H, W) when asked: the sum over steps of |d objective / d image| (channels summed), >= 0."""
 
 
-def _forward(model: LoadedModel, x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+def _forward(model: LoadedModel, x: torch.Tensor, runtime: Runtime, rows: int = 0) -> torch.Tensor:
     """Logits of pixel-space images; with ``runtime.buckets`` (default: on a GPU) the batch goes
-    through the model padded with black images to its ``bucket`` size, and their rows are
-    dropped."""
+    through the model padded with black images to the ``bucket`` size of its length, or of
+    ``rows`` where that is more, and their rows are dropped."""
     model.use_channels_last(runtime.channels_last)
     n = x.shape[0]
     if runtime.pads(x.device):
-        x = pad_to_bucket(x)
+        x = pad_to_bucket(x, rows)
     if runtime.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     net = _net(model, runtime)
@@ -561,6 +568,7 @@ def param_round(
     split = plan.views < nv  # an image's views take several passes
     want_map = saliency is not None
     step, q_last, first = 0, 0.0, True
+    sizes: dict[tuple[int, int], int] = {}  # (chunk, first view) -> rows its passes are padded to
     with (
         SG.skip_gradients(model.net, cfg.skip_gradient),  # forward unchanged
         SG.stochastic_depth(model.net, cfg.stochastic_depth if augment else 0.0) as sd,
@@ -571,7 +579,7 @@ def param_round(
             snaps: dict[int, torch.Tensor] = {}
             chunks = [running[i : i + plan.images] for i in range(0, len(running), plan.images)]
             passes = 0
-            for chunk in chunks:
+            for c, chunk in enumerate(chunks):
                 sel = _index(chunk, b, dev)
                 tg_img = targets[sel]
                 sub = data[sel].detach().requires_grad_(True)
@@ -600,7 +608,10 @@ def param_round(
                     if sd is not None:  # image-major, as A.apply orders the views
                         keep = torch.cat([kp[:, a : a + k] for kp in keeps], dim=1)
                         sd.keep = to_device(keep, dev)
-                    logits = _forward(model, img, rt).float()
+                    rows = sizes.setdefault((c, a), img.shape[0])
+                    if img.shape[0] * SHRINK <= rows:
+                        rows = sizes[(c, a)] = img.shape[0]
+                    logits = _forward(model, img, rt, rows).float()
                     if sd is not None:
                         sd.keep = None
                     logp = logits.log_softmax(dim=1)
