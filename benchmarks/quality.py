@@ -11,7 +11,9 @@ the final choice, ``check`` one drawn after the fourth session's tuning pass and
 check its choice, ``extra1`` to ``extra4`` four more drawn in the fifth session, so a choice is
 measured on 96 classes (a class may come up in more than one draw), and ``extra5`` and
 ``extra6`` drawn in the seventh session and never tuned on: they check the sixth session's
-choice on 24 classes it never saw. For every
+choice on 24 classes it never saw; ``extra7`` to ``extra11`` were drawn in the tenth to twelfth
+sessions, and ``extra12`` to ``extra15`` in the fourteenth, each first run with a new choice. For
+every
 class and method, one visualization from black (one target at a time), then on the saved 8-bit PNG
 decoded again:
 
@@ -86,6 +88,10 @@ DRAWS = {
     "extra9": 12312,
     "extra10": 13413,
     "extra11": 14514,
+    "extra12": 15615,
+    "extra13": 16716,
+    "extra14": 17817,
+    "extra15": 18918,
 }
 """Seeds of the class draws: ``sorted(random.Random(seed).sample(range(1000), 12))``."""
 DRAWN = {
@@ -104,6 +110,10 @@ DRAWN = {
     "extra9": [63, 70, 143, 289, 314, 351, 453, 606, 657, 672, 715, 762],
     "extra10": [170, 205, 239, 306, 357, 393, 557, 564, 918, 946, 959, 995],
     "extra11": [10, 79, 192, 219, 221, 226, 384, 425, 790, 938, 951, 964],
+    "extra12": [61, 188, 227, 262, 279, 331, 503, 607, 618, 726, 733, 965],
+    "extra13": [151, 198, 199, 256, 396, 477, 540, 599, 710, 762, 835, 939],
+    "extra14": [119, 154, 214, 299, 445, 472, 518, 528, 655, 800, 840, 913],
+    "extra15": [54, 120, 125, 138, 144, 241, 366, 448, 533, 618, 805, 996],
 }
 """The classes those seeds give (checked at start), kept so the draw never changes silently."""
 CLASSES_PER_DRAW = 12

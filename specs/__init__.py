@@ -171,6 +171,13 @@ class OptimizerSettings(_Frozen):
         "toward the feature statistics of photographs; 0 = off. Models without BatchNorm layers "
         "(VGG, exported programs) are unaffected",
     )
+    bn_prior_every: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="the BatchNorm prior on every k-th BatchNorm layer of the model (in module "
+        "order, from the first; 1 = all): its cost falls about k-fold",
+    )
 
 
 class TransformTests(_Frozen):

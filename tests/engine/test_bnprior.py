@@ -175,6 +175,47 @@ def test_all_layers_at_once_equal_the_sum_of_each_layers_distance() -> None:
     torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6 * float(g2.abs().max()))
 
 
+def test_every_kth_layer_sums_only_those_layers() -> None:
+    # three BatchNorms; every 2nd: the first and the third, their distances and gradient as the
+    # per-layer formula gives them; the hooks then collect all layers again
+    torch.manual_seed(5)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.Conv2d(6, 3, 1), nn.BatchNorm2d(3),
+    ).eval()  # fmt: skip
+    bns = [m for m in net if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.running_mean.uniform_(-1, 1)  # type: ignore[union-attr]
+        bn.running_var.uniform_(0.5, 2)  # type: ignore[union-attr]
+    inputs: list[torch.Tensor] = []
+    for bn in bns:
+        bn.register_forward_pre_hook(lambda m, i: inputs.append(i[0]))
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    per_layer = []
+    x_ref = x.clone().requires_grad_(True)
+    net(x_ref)
+    for t, bn in zip(inputs, bns, strict=True):
+        assert bn.running_mean is not None and bn.running_var is not None
+        per_layer.append(BP.autograd_distance(t, bn.running_mean, bn.running_var))
+    assert all(float(d.detach().min()) > 0.5 for d in per_layer)  # each layer counts
+    x1 = x.clone().requires_grad_(True)
+    with BP.collect(net, True, every=2) as col:
+        net(x1)
+        d1 = col.take(2, x.device)
+    ref = per_layer[0] + per_layer[2]
+    torch.testing.assert_close(d1, ref.detach(), rtol=1e-6, atol=0.0)
+    (g1,) = torch.autograd.grad(d1.sum(), x1)
+    (g_ref,) = torch.autograd.grad(ref.sum(), x_ref)
+    torch.testing.assert_close(g1, g_ref, rtol=1e-4, atol=1e-6 * float(g_ref.abs().max()))
+    with BP.collect(net, True) as col:  # all three again
+        net(x.clone().requires_grad_(True))
+        d_all = col.take(2, x.device)
+    torch.testing.assert_close(d_all, sum(per_layer).detach(), rtol=1e-6, atol=0.0)
+    with pytest.raises(ValueError, match="every"), BP.collect(net, True, every=0):
+        pass
+
+
 def test_inactive_after_an_error_and_untouched_nets_it_cannot_look_into() -> None:
     net = small_net()
     x = torch.randn(1, 3, 8, 8)
@@ -193,6 +234,10 @@ def test_spec_validation() -> None:
         with pytest.raises(ValidationError, match="bn_prior"):
             OptimizerSettings(bn_prior=bad)
     assert OptimizerSettings().bn_prior == 0.0  # the paper's method: no prior
+    for bad_every in (0, 65, 1.5):
+        with pytest.raises(ValidationError, match="bn_prior_every"):
+            OptimizerSettings(bn_prior_every=bad_every)  # type: ignore[arg-type]
+    assert OptimizerSettings().bn_prior_every == 1
 
 
 def distance(model: LoadedModel, img: torch.Tensor) -> float:

@@ -572,7 +572,7 @@ def param_round(
     with (
         SG.skip_gradients(model.net, cfg.skip_gradient),  # forward unchanged
         SG.stochastic_depth(model.net, cfg.stochastic_depth if augment else 0.0) as sd,
-        BP.collect(model.net, cfg.bn_prior > 0) as prior,  # from the same forward passes
+        BP.collect(model.net, cfg.bn_prior > 0, cfg.bn_prior_every) as prior,  # same passes
     ):
         while running:
             q_parts, go_parts, grad_parts = [], [], []

@@ -352,6 +352,7 @@ function advancedOptimizer() {
     max_total_steps: numberInput("max_total_steps", 3000, { min: 1, max: 100000 }),
     skip_gradient: numberInput("skip_gradient", "", { min: 0, max: 1, step: "any", placeholder: "method's" }),
     bn_prior: numberInput("bn_prior", "", { min: 0, max: 1, step: "any", placeholder: "method's" }),
+    bn_prior_every: numberInput("bn_prior_every", "", { min: 1, max: 64, placeholder: "method's" }),
     stochastic_depth: numberInput("stochastic_depth", "", { min: 0, max: 0.99, step: "any", placeholder: "method's" }),
     size: numberInput("size", "", { min: 32, max: 512, placeholder: "model's" }),
     criterion: h(
@@ -372,6 +373,7 @@ function advancedOptimizer() {
     field("Max total steps", f.max_total_steps),
     field("Skip gradients (SGM γ)", f.skip_gradient, "residual branches' gradient × γ; 1 = plain"),
     field("BatchNorm prior", f.bn_prior, "weight of the features' distance to the model's statistics; 0 = off"),
+    field("Prior layers", f.bn_prior_every, "the prior on every k-th BatchNorm layer; 1 = all"),
     field("Stochastic depth", f.stochastic_depth, "chance a view drops each residual branch per step; 0 = off"),
     field("Image size (px)", f.size),
     field("Early stop", f.criterion),
@@ -389,6 +391,7 @@ function advancedOptimizer() {
       };
       if (f.skip_gradient.value !== "") body.optimizer.skip_gradient = Number(f.skip_gradient.value);
       if (f.bn_prior.value !== "") body.optimizer.bn_prior = Number(f.bn_prior.value);
+      if (f.bn_prior_every.value !== "") body.optimizer.bn_prior_every = Number(f.bn_prior_every.value);
       if (f.stochastic_depth.value !== "") body.optimizer.stochastic_depth = Number(f.stochastic_depth.value);
       if (f.size.value) body.size = Number(f.size.value);
       if (f.criterion.value !== "off") {
