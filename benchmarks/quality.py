@@ -34,7 +34,8 @@ decoded again:
 
 The methods: ``old`` is the ``invariant+`` preset before issue 12 (kept here as ``OLD_PRESET``),
 ``prev`` the one its second pass chose (``PREV_PRESET``), ``sgm`` the fifth session's (the same
-with skip gradients, ``SGM_PRESET``), ``ninth`` the ninth session's (``NINTH_PRESET``), ``new`` is
+with skip gradients, ``SGM_PRESET``), ``ninth`` the ninth session's (``NINTH_PRESET``),
+``thirteenth`` the thirteenth session's (``THIRTEENTH_PRESET``), ``new`` is
 ``OptimizeSpec(method="invariant+")`` as it is now; ``lucent`` is Lucent's default class
 visualization (the baseline of issue 12's table: torch-lucent's own parameterization and
 transforms, 512 steps; ``measure_lucent``; it needs ``pip install --no-deps torch-lucent==0.1.8
@@ -203,6 +204,13 @@ NINTH_PRESET: dict[str, Any] = {
 }
 """``invariant+`` as the ninth session left it: rounds of 30 steps under views that end once the
 views' mean target probability passes 0.999999 (the rest as now)."""
+
+THIRTEENTH_PRESET: dict[str, Any] = {
+    "method": "invariant+",
+    "optimizer": {"max_steps_per_round": 22, "bn_prior": 0.001, "bn_prior_every": 1},
+}
+"""``invariant+`` as the thirteenth session left it: rounds of 22 steps, the BatchNorm prior
+0.001 on all of the model's BatchNorm layers (the rest as now)."""
 
 
 def _load() -> list[float] | None:
@@ -511,6 +519,7 @@ def main() -> None:
         "prev": OptimizeSpec.model_validate(PREV_PRESET),
         "sgm": OptimizeSpec.model_validate(SGM_PRESET),
         "ninth": OptimizeSpec.model_validate(NINTH_PRESET),
+        "thirteenth": OptimizeSpec.model_validate(THIRTEENTH_PRESET),
         "new": OptimizeSpec(method="invariant+"),
     }
     for v in args.variant:

@@ -12,6 +12,7 @@ from core.settings import Settings
 from specs import (
     MAX_ENTROPY_ELEMENTS,
     MAX_STEP_PIXELS,
+    PRESETS,
     EntropySettings,
     OptimizeSpec,
     SweepSpec,
@@ -223,7 +224,8 @@ def test_view_scale_sets_the_step_pixels_and_keeps_the_upper_bound() -> None:
     assert estimate("visualize", small, sizes).passes < estimate("visualize", plain, sizes).passes
     assert estimate("visualize", small, sizes).largest_pass_pixels == 8 * 112 * 112
     assert estimate("visualize", plain, sizes).largest_pass_pixels == 8 * 224 * 224
-    step = 3 * 66 * 8  # 3 rounds of 22 steps, 8 views: forward + 2 backward each
+    rounds = PRESETS["invariant+"]["optimizer"]["max_steps_per_round"]  # type: ignore[index]
+    step = 3 * 3 * rounds * 8  # 3 rounds, 8 views: forward + 2 backward each
     diff = image_passes(plain) - image_passes(small.model_copy(update={"views": plain.views}))
     assert diff == (step + 3 * 8) * 3 // 4  # and the 3 round-end forward passes of 8 views
     with pytest.raises(ValidationError):
