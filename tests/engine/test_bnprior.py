@@ -134,15 +134,17 @@ def test_collects_from_the_forward_pass_only_inside_the_block_and_with_gradients
         assert off.layers == 0 and torch.equal(off.take(3, x.device), torch.zeros(3))
 
 
-def test_all_layers_at_once_equal_the_sum_of_each_layers_distance() -> None:
-    # three BatchNorms with different channel counts and map sizes (one of 1,024 positions, so
-    # strided), a different weight per view: the distances of a pass, taken together, and their
-    # gradient equal the per-layer formula's summed by autograd
-    torch.manual_seed(3)
+def three_batchnorms(
+    seed: int, channels: tuple[int, int, int]
+) -> tuple[nn.Sequential, list[nn.BatchNorm2d], list[torch.Tensor]]:
+    """Three conv + BatchNorm layers (the second halves the map) with random running
+    statistics, and the list their inputs are appended to at every forward pass."""
+    torch.manual_seed(seed)
+    a, b, c = channels
     net = nn.Sequential(
-        nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(),
-        nn.Conv2d(5, 2, 3, stride=2, padding=1), nn.BatchNorm2d(2), nn.ReLU(),
-        nn.Conv2d(2, 7, 1), nn.BatchNorm2d(7),
+        nn.Conv2d(3, a, 3, padding=1), nn.BatchNorm2d(a), nn.ReLU(),
+        nn.Conv2d(a, b, 3, stride=2, padding=1), nn.BatchNorm2d(b), nn.ReLU(),
+        nn.Conv2d(b, c, 1), nn.BatchNorm2d(c),
     ).eval()  # fmt: skip
     bns = [m for m in net if isinstance(m, nn.BatchNorm2d)]
     for bn in bns:
@@ -151,6 +153,14 @@ def test_all_layers_at_once_equal_the_sum_of_each_layers_distance() -> None:
     inputs: list[torch.Tensor] = []
     for bn in bns:
         bn.register_forward_pre_hook(lambda m, i: inputs.append(i[0]))
+    return net, bns, inputs
+
+
+def test_all_layers_at_once_equal_the_sum_of_each_layers_distance() -> None:
+    # three BatchNorms with different channel counts and map sizes (one of 1,024 positions, so
+    # strided), a different weight per view: the distances of a pass, taken together, and their
+    # gradient equal the per-layer formula's summed by autograd
+    net, bns, inputs = three_batchnorms(3, (5, 2, 7))
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     w = torch.tensor([1.0, -2.0, 0.5])
     x1 = x.clone().requires_grad_(True)
@@ -178,19 +188,7 @@ def test_all_layers_at_once_equal_the_sum_of_each_layers_distance() -> None:
 def test_every_kth_layer_sums_only_those_layers() -> None:
     # three BatchNorms; every 2nd: the first and the third, their distances and gradient as the
     # per-layer formula gives them; the hooks then collect all layers again
-    torch.manual_seed(5)
-    net = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-        nn.Conv2d(6, 3, 1), nn.BatchNorm2d(3),
-    ).eval()  # fmt: skip
-    bns = [m for m in net if isinstance(m, nn.BatchNorm2d)]
-    for bn in bns:
-        bn.running_mean.uniform_(-1, 1)  # type: ignore[union-attr]
-        bn.running_var.uniform_(0.5, 2)  # type: ignore[union-attr]
-    inputs: list[torch.Tensor] = []
-    for bn in bns:
-        bn.register_forward_pre_hook(lambda m, i: inputs.append(i[0]))
+    net, bns, inputs = three_batchnorms(5, (4, 6, 3))
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
     per_layer = []
     x_ref = x.clone().requires_grad_(True)
