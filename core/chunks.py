@@ -28,7 +28,7 @@ from typing import Any, cast
 import redis
 import redis.asyncio as aredis
 
-from core.store import _MOVE, Keys, _flatten, _s, count_duration
+from core.store import _MOVE, Keys, _flatten, _s, count_duration, decode_record
 
 # KEYS: record, chunks, running; ARGV: classes total, chunks total, classes JSON, job id.
 # From here on no single worker holds the job (its chunks are redelivered on their own), so it
@@ -243,6 +243,14 @@ class ChunkStore:
         count_duration(self.r, k, kind, took, self.ttl)
 
 
-async def atlas_entries(client: aredis.Redis, prefix: str, job_id: str) -> list[dict[str, Any]]:
-    """The API's side: every published class entry of an atlas so far, in class order."""
-    return _entries(await client.hgetall(Keys(prefix).chunks(job_id)))
+async def atlas_snapshot(
+    client: aredis.Redis, prefix: str, job_id: str
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The API's side: the published entries and the job's record read in one transaction, so
+    that the record's progress counts exactly the entries (a chunk publishes both at once)."""
+    k = Keys(prefix)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hgetall(k.chunks(job_id))
+        pipe.hgetall(k.job(job_id))
+        raw, rec = await pipe.execute()
+    return _entries(raw), decode_record(rec)

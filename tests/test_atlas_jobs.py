@@ -158,6 +158,51 @@ def test_chunks_publish_once_and_move_progress(stores: tuple[JobStore, ChunkStor
     assert cs.start_chunk("a1", 1, 3) == ("finished", "succeeded")
 
 
+def test_the_api_reads_entries_and_progress_as_of_one_moment(
+    stores: tuple[JobStore, ChunkStore], redis_server: Any
+) -> None:
+    """While chunks publish, every read of the atlas has exactly as many entries as its progress
+    counts (read apart, a chunk published between the reads gave entries not counted yet)."""
+    import threading
+
+    import redis.asyncio as aredis
+    from integration.harness import run_async
+
+    from core.chunks import atlas_snapshot
+
+    jobs, cs = stores
+    n = 60
+    create_job(jobs, "s1", "atlas", {"model": "tiny"})
+    assert jobs.start("s1", 3, "w1") == ("run", "1")
+    assert cs.plan("s1", list(range(n)), n)
+    prefix = jobs.keys.prefix
+
+    def publish() -> None:
+        for i in range(n):
+            assert cs.publish_chunk("s1", i, _entry(i, [i]), {})[0] == "published"
+
+    async def watch() -> list[tuple[int, int]]:
+        client = aredis.Redis.from_url(redis_server.url)
+        seen: list[tuple[int, int]] = []
+        try:
+            while not seen or seen[-1][0] < n:
+                entries, rec = await atlas_snapshot(client, prefix, "s1")
+                assert rec is not None
+                seen.append((len(entries), int(rec["progress"]["classes_done"])))
+        finally:
+            await client.aclose()
+        return seen
+
+    writer = threading.Thread(target=publish)
+    writer.start()
+    try:
+        seen = run_async(watch())
+    finally:
+        writer.join()
+    assert all(done == counted for done, counted in seen), seen
+    assert len({done for done, _ in seen}) > 2  # it did watch the chunks arrive
+
+
 def test_chunk_start_sees_cancel_and_counts_attempts(stores: tuple[JobStore, ChunkStore]) -> None:
     jobs, cs = stores
     create_job(jobs, "b1", "atlas", {})

@@ -16,7 +16,7 @@ from app.problems import Problem
 from app.routes.jobs import JobId, _job
 from app.routes.submit import IdemKey, JobAccepted, check_cost, queue_job, require_catalog
 from app.views import iso, job_urls
-from core.chunks import atlas_entries
+from core.chunks import atlas_snapshot
 from specs.atlas import AtlasSpec, chunk_count, resolve_classes
 
 router = APIRouter(tags=["atlas"])
@@ -80,7 +80,12 @@ async def get_atlas(
     if rec.get("kind") != "atlas":
         raise Problem(404, "job-not-found", f"no atlas {job_id!r} (unknown, or expired)")
     base = f"/jobs/{job_id}/artifacts"
-    entries = await atlas_entries(services.redis, services.settings.key_prefix, job_id)
+    # the entries and the progress as of one moment (read apart, a chunk published between the
+    # two reads gave entries that the progress did not count yet)
+    entries, now = await atlas_snapshot(services.redis, services.settings.key_prefix, job_id)
+    if now is None:
+        raise Problem(404, "job-not-found", f"no atlas {job_id!r} (unknown, or expired)")
+    rec = now
     for e in entries:
         e["urls"] = {role: f"{base}/{name}" for role, name in e["artifacts"].items()}
     classes = [int(c) for c in json.loads(rec.get("atlas_classes") or "[]")]
