@@ -13,7 +13,7 @@ from app.catalog import UnknownName
 from app.deps import PrincipalDep, ServicesDep
 from app.kinds import KINDS, MAX_SUGGESTED, unknown_names
 from app.problems import Problem
-from app.routes.jobs import JobId, _job
+from app.routes.jobs import JobId
 from app.routes.submit import IdemKey, JobAccepted, check_cost, queue_job, require_catalog
 from app.views import iso, job_urls
 from core.chunks import atlas_snapshot
@@ -76,16 +76,13 @@ async def get_atlas(
 ) -> dict[str, Any]:
     """The atlas so far: every published class (in class order, with its image, inversion and
     report URLs and its quality), the classes still pending, status and progress."""
-    rec = await _job(services, principal, job_id)  # 404 alike for another key's jobs
-    if rec.get("kind") != "atlas":
+    # the record and the entries as of one moment (read apart, a chunk published between the
+    # two reads gave entries that the progress did not count yet)
+    entries, rec = await atlas_snapshot(services.redis, services.settings.key_prefix, job_id)
+    if rec is None or not principal.sees(rec) or rec.get("kind") != "atlas":
+        # 404 alike for unknown, expired, another key's jobs and other kinds
         raise Problem(404, "job-not-found", f"no atlas {job_id!r} (unknown, or expired)")
     base = f"/jobs/{job_id}/artifacts"
-    # the entries and the progress as of one moment (read apart, a chunk published between the
-    # two reads gave entries that the progress did not count yet)
-    entries, now = await atlas_snapshot(services.redis, services.settings.key_prefix, job_id)
-    if now is None:
-        raise Problem(404, "job-not-found", f"no atlas {job_id!r} (unknown, or expired)")
-    rec = now
     for e in entries:
         e["urls"] = {role: f"{base}/{name}" for role, name in e["artifacts"].items()}
     classes = [int(c) for c in json.loads(rec.get("atlas_classes") or "[]")]
