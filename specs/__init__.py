@@ -142,6 +142,15 @@ class OptimizerSettings(_Frozen):
         "(every round runs max_steps_per_round)",
     )
     max_steps_per_round: int = Field(default=100, ge=1, le=5000)
+    cos_power: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=8.0,
+        description="with the logit objective: the target's logit before its bias times the "
+        "cosine of the classifier's input features with the class weights to this power "
+        "(Lucid's dot * cossim ** p), so the picture raises the class along its direction; "
+        "0 = the plain logit",
+    )
     max_total_steps: int = Field(default=3000, ge=1, le=100_000)
     skip_gradient: float = Field(
         default=1.0,

@@ -17,6 +17,7 @@ import torch
 from specs import OptimizerSettings, OptimizeSpec, StepAugment
 from worker.engine import augment as A
 from worker.engine import bnprior as BP
+from worker.engine import cossim as CS
 from worker.engine import param as P
 from worker.engine import skipgrad as SG
 from worker.engine import transforms as T
@@ -573,6 +574,7 @@ def param_round(
         SG.skip_gradients(model.net, cfg.skip_gradient),  # forward unchanged
         SG.stochastic_depth(model.net, cfg.stochastic_depth if augment else 0.0) as sd,
         BP.collect(model.net, cfg.bn_prior > 0, cfg.bn_prior_every) as prior,  # same passes
+        CS.head(model.net, cfg.cos_power > 0 and cfg.objective == "logit") as hd,
     ):
         while running:
             q_parts, go_parts, grad_parts = [], [], []
@@ -616,7 +618,10 @@ def param_round(
                         sd.keep = None
                     logp = logits.log_softmax(dim=1)
                     tg = tg_img.repeat_interleave(k)[:, None]
-                    chosen = (logits if cfg.objective == "logit" else logp).gather(1, tg)[:, 0]
+                    if hd.fc is not None:
+                        chosen = hd.objective(logits, tg[:, 0], cfg.cos_power)
+                    else:
+                        chosen = (logits if cfg.objective == "logit" else logp).gather(1, tg)[:, 0]
                     if prior.layers:  # each view's BatchNorm distance, from this forward pass
                         chosen = chosen - cfg.bn_prior * prior.take(chosen.shape[0], dev)
                     p = logp.gather(1, tg)[:, 0].exp().detach().double().view(-1, k)

@@ -354,6 +354,7 @@ function advancedOptimizer() {
     bn_prior: numberInput("bn_prior", "", { min: 0, max: 1, step: "any", placeholder: "method's" }),
     bn_prior_every: numberInput("bn_prior_every", "", { min: 1, max: 64, placeholder: "method's" }),
     stochastic_depth: numberInput("stochastic_depth", "", { min: 0, max: 0.99, step: "any", placeholder: "method's" }),
+    cos_power: numberInput("cos_power", "", { min: 0, max: 8, step: "any", placeholder: "method's" }),
     size: numberInput("size", "", { min: 32, max: 512, placeholder: "model's" }),
     criterion: h(
       "select",
@@ -375,6 +376,7 @@ function advancedOptimizer() {
     field("BatchNorm prior", f.bn_prior, "weight of the features' distance to the model's statistics; 0 = off"),
     field("Prior layers", f.bn_prior_every, "the prior on every k-th BatchNorm layer; 1 = all"),
     field("Stochastic depth", f.stochastic_depth, "chance a view drops each residual branch per step; 0 = off"),
+    field("Cosine power", f.cos_power, "logit objective × cos(features, class weights)^p; 0 = plain logit"),
     field("Image size (px)", f.size),
     field("Early stop", f.criterion),
     field("Threshold", f.threshold),
@@ -393,6 +395,7 @@ function advancedOptimizer() {
       if (f.bn_prior.value !== "") body.optimizer.bn_prior = Number(f.bn_prior.value);
       if (f.bn_prior_every.value !== "") body.optimizer.bn_prior_every = Number(f.bn_prior_every.value);
       if (f.stochastic_depth.value !== "") body.optimizer.stochastic_depth = Number(f.stochastic_depth.value);
+      if (f.cos_power.value !== "") body.optimizer.cos_power = Number(f.cos_power.value);
       if (f.size.value) body.size = Number(f.size.value);
       if (f.criterion.value !== "off") {
         body.criterion = { kind: f.criterion.value, threshold: Number(f.threshold.value) };
