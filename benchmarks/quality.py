@@ -35,7 +35,8 @@ decoded again:
 The methods: ``old`` is the ``invariant+`` preset before issue 12 (kept here as ``OLD_PRESET``),
 ``prev`` the one its second pass chose (``PREV_PRESET``), ``sgm`` the fifth session's (the same
 with skip gradients, ``SGM_PRESET``), ``ninth`` the ninth session's (``NINTH_PRESET``),
-``thirteenth`` the thirteenth session's (``THIRTEENTH_PRESET``), ``new`` is
+``thirteenth`` the thirteenth session's (``THIRTEENTH_PRESET``), ``fourteenth`` the fourteenth
+session's (``FOURTEENTH_PRESET``), ``new`` is
 ``OptimizeSpec(method="invariant+")`` as it is now; ``lucent`` is Lucent's default class
 visualization (the baseline of issue 12's table: torch-lucent's own parameterization and
 transforms, 512 steps; ``measure_lucent``; it needs ``pip install --no-deps torch-lucent==0.1.8
@@ -93,6 +94,8 @@ DRAWS = {
     "extra13": 16716,
     "extra14": 17817,
     "extra15": 18918,
+    "extra16": 20019,
+    "extra17": 21120,
 }
 """Seeds of the class draws: ``sorted(random.Random(seed).sample(range(1000), 12))``."""
 DRAWN = {
@@ -115,6 +118,8 @@ DRAWN = {
     "extra13": [151, 198, 199, 256, 396, 477, 540, 599, 710, 762, 835, 939],
     "extra14": [119, 154, 214, 299, 445, 472, 518, 528, 655, 800, 840, 913],
     "extra15": [54, 120, 125, 138, 144, 241, 366, 448, 533, 618, 805, 996],
+    "extra16": [48, 55, 263, 280, 498, 525, 553, 614, 881, 949, 971, 986],
+    "extra17": [11, 24, 49, 172, 218, 357, 366, 382, 474, 803, 906, 969],
 }
 """The classes those seeds give (checked at start), kept so the draw never changes silently."""
 CLASSES_PER_DRAW = 12
@@ -211,6 +216,9 @@ THIRTEENTH_PRESET: dict[str, Any] = {
 }
 """``invariant+`` as the thirteenth session left it: rounds of 22 steps, the BatchNorm prior
 0.001 on all of the model's BatchNorm layers (the rest as now)."""
+FOURTEENTH_PRESET: dict[str, Any] = {"method": "invariant+", "optimizer": {"cos_power": 0.0}}
+"""``invariant+`` as the fourteenth session left it: the plain target logit as the objective
+(the rest as now)."""
 
 
 def _load() -> list[float] | None:
@@ -520,6 +528,7 @@ def main() -> None:
         "sgm": OptimizeSpec.model_validate(SGM_PRESET),
         "ninth": OptimizeSpec.model_validate(NINTH_PRESET),
         "thirteenth": OptimizeSpec.model_validate(THIRTEENTH_PRESET),
+        "fourteenth": OptimizeSpec.model_validate(FOURTEENTH_PRESET),
         "new": OptimizeSpec(method="invariant+"),
     }
     for v in args.variant:

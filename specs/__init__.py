@@ -355,7 +355,10 @@ PRESETS: dict[str, dict[str, object]] = {
     # all (the step 0.76 of the time), and the time saved buys rounds of 28 steps: judge at
     # identity +0.099 ± 0.038 and +0.030 ± 0.026 on two new draws of 24 classes each at about
     # the same time per class (README; weight 0.004: +0.084 / +0.024, 0.002: +0.047, 0.016:
-    # +0.101; the last 12 layers only, 0.004: +0.088).
+    # +0.101; the last 12 layers only, 0.004: +0.088). Fifteenth session (README, "screened and
+    # not kept"): a cosine decay of the step over each round, one, two or six rounds for the same
+    # 84 steps, a step of 0.04 or 0.065, the class direction objective (cos_power 1, 2, 4; 2 over
+    # 51 classes: +0.015 +- 0.025) and pixel noise 8 or 24 on the views: none better than noise.
     "invariant+": {
         "schedule": [{"op": "rotate", "value": 90.0, "repeat": 3}],
         "optimizer": {
