@@ -358,7 +358,8 @@ PRESETS: dict[str, dict[str, object]] = {
     # +0.101; the last 12 layers only, 0.004: +0.088). Fifteenth session (README, "screened and
     # not kept"): a cosine decay of the step over each round, one, two or six rounds for the same
     # 84 steps, a step of 0.04 or 0.065, the class direction objective (cos_power 1, 2, 4; 2 over
-    # 51 classes: +0.015 +- 0.025) and pixel noise 8 or 24 on the views: none better than noise.
+    # 51 classes: +0.015 +- 0.025), pixel noise 8 or 24 on the views, two rounds of 42 with
+    # cos_power 2: none better than noise.
     "invariant+": {
         "schedule": [{"op": "rotate", "value": 90.0, "repeat": 3}],
         "optimizer": {
