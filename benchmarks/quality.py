@@ -12,10 +12,9 @@ check its choice, ``extra1`` to ``extra4`` four more drawn in the fifth session,
 measured on 96 classes (a class may come up in more than one draw), and ``extra5`` and
 ``extra6`` drawn in the seventh session and never tuned on: they check the sixth session's
 choice on 24 classes it never saw; ``extra7`` to ``extra11`` were drawn in the tenth to twelfth
-sessions, and ``extra12`` to ``extra15`` in the fourteenth, each first run with a new choice. For
-every
-class and method, one visualization from black (one target at a time), then on the saved 8-bit PNG
-decoded again:
+sessions, ``extra12`` to ``extra15`` in the fourteenth and ``extra16``, ``extra17`` in the
+fifteenth, each first run with a new choice. For every class and method, one visualization
+from black (one target at a time), then on the saved 8-bit PNG decoded again:
 
 - ``lite0_views``: lite0's target probability under the quality report's 16 seeded random views
   (rotation 0-360°, scale 0.8-1.2, ``RandomViews()`` defaults), mean over the views;
@@ -35,8 +34,7 @@ decoded again:
 The methods: ``old`` is the ``invariant+`` preset before issue 12 (kept here as ``OLD_PRESET``),
 ``prev`` the one its second pass chose (``PREV_PRESET``), ``sgm`` the fifth session's (the same
 with skip gradients, ``SGM_PRESET``), ``ninth`` the ninth session's (``NINTH_PRESET``),
-``thirteenth`` the thirteenth session's (``THIRTEENTH_PRESET``), ``fourteenth`` the fourteenth
-session's (``FOURTEENTH_PRESET``), ``new`` is
+``thirteenth`` the thirteenth session's (``THIRTEENTH_PRESET``), ``new`` is
 ``OptimizeSpec(method="invariant+")`` as it is now; ``lucent`` is Lucent's default class
 visualization (the baseline of issue 12's table: torch-lucent's own parameterization and
 transforms, 512 steps; ``measure_lucent``; it needs ``pip install --no-deps torch-lucent==0.1.8
@@ -216,9 +214,6 @@ THIRTEENTH_PRESET: dict[str, Any] = {
 }
 """``invariant+`` as the thirteenth session left it: rounds of 22 steps, the BatchNorm prior
 0.001 on all of the model's BatchNorm layers (the rest as now)."""
-FOURTEENTH_PRESET: dict[str, Any] = {"method": "invariant+", "optimizer": {"cos_power": 0.0}}
-"""``invariant+`` as the fourteenth session left it: the plain target logit as the objective
-(the rest as now)."""
 
 
 def _load() -> list[float] | None:
@@ -528,7 +523,6 @@ def main() -> None:
         "sgm": OptimizeSpec.model_validate(SGM_PRESET),
         "ninth": OptimizeSpec.model_validate(NINTH_PRESET),
         "thirteenth": OptimizeSpec.model_validate(THIRTEENTH_PRESET),
-        "fourteenth": OptimizeSpec.model_validate(FOURTEENTH_PRESET),
         "new": OptimizeSpec(method="invariant+"),
     }
     for v in args.variant:

@@ -103,8 +103,8 @@ def cosine(model: LoadedModel, img: torch.Tensor, target: int) -> float:
     x = img.detach().requires_grad_(True)  # the hook keeps features only with gradients
     with CS.head(model.net, True) as h:
         model(x)
-        assert h.fc is not None
-        f, w = h.feats[0].detach().flatten(1)[0], h.fc.weight[target].detach()
+        assert h.fc is not None and h.feats is not None
+        f, w = h.feats.detach().flatten(1)[0], h.fc.weight[target].detach()
         return float((f @ w) / (f.norm() * w.norm()))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -27,14 +27,14 @@ class Head:
     """The classifier's weights and the features of the last pass through it."""
 
     fc: nn.Linear | None
-    feats: list[torch.Tensor] = field(default_factory=list)
+    feats: torch.Tensor | None = None
 
     def objective(self, logits: torch.Tensor, targets: torch.Tensor, power: float) -> torch.Tensor:
         """(N,) the objective of each row's target (N,) from the last pass's features; the
         target logit when there is no head or no features."""
-        if self.fc is None or not self.feats:
+        if self.fc is None or self.feats is None:
             return logits.gather(1, targets[:, None])[:, 0]
-        f = self.feats.pop().float()[: logits.shape[0]].flatten(1)
+        f, self.feats = self.feats.float()[: logits.shape[0]].flatten(1), None
         w = self.fc.weight[targets].float()
         dot = (f * w).sum(dim=1)
         cos = dot / (f.norm(dim=1) * w.norm(dim=1)).clamp(min=1e-12)
@@ -62,7 +62,7 @@ def head(net: object, on: bool) -> Iterator[Head]:
 
     def hook(m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
         if torch.is_grad_enabled():
-            h.feats[:] = [inp[0]]
+            h.feats = inp[0]
 
     handle = fc.register_forward_pre_hook(hook)
     try:
