@@ -293,6 +293,13 @@ class StepAugment(_Frozen):
         "the zoom leaves, so crops come from anywhere in the image",
     )
     noise: float = Field(default=0.0, ge=0.0, le=64.0, description="additive noise, pixel std")
+    fill: Literal["black", "zero"] = Field(
+        default="black",
+        description="what a view shows where it reaches outside the image: black (as the "
+        "paper's transformations) or the model's zero, the color its normalization maps to 0 "
+        "(gray 127 for EfficientNet-Lite, the ImageNet mean for torchvision's models), so the "
+        "model sees nothing there",
+    )
     view_scale: float = Field(
         default=1.0,
         ge=0.25,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from optioncheck import OptionCheck
 
 from specs import StepAugment
 from worker.engine import augment as A
@@ -144,3 +145,40 @@ def test_view_scale_comes_from_the_settings_and_keeps_gradients() -> None:
     assert out.shape == (3, 3, 32, 32)
     out.sum().backward()
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+ZOOM_OUT = StepAugment(views=4, jitter=3, max_rotation=180.0, scale_min=0.6, scale_max=0.8)
+"""Views that always reach outside the image (a zoom out, turned)."""
+
+
+def test_fill_shows_the_color_outside_the_image() -> None:
+    """A flat image of the fill color stays exactly that color in every view; with the black
+    fill the same views show black beside it."""
+    gray = torch.tensor([127.0, 100.0, 30.0])
+    x = gray.view(1, 3, 1, 1).expand(1, 3, 16, 16).clone()
+    d = A.draw(A.generator(3), ZOOM_OUT)
+    assert torch.equal(A.apply(x, [d], gray), gray.view(1, 3, 1, 1).expand(4, 3, 16, 16))
+    black = A.apply(x, [d])
+    assert float(black.amin()) == 0.0 and float(black.amax()) == pytest.approx(127.0)
+
+
+def test_fill_black_is_the_default_and_inside_the_image_nothing_changes() -> None:
+    """A black fill given is the default's exact bytes; another fill changes only what lies
+    outside (the center of a zoom out is the same pixel), and the views stay within 0..255."""
+    x = ramp(16) * 1.5
+    d = A.draw(A.generator(4), ZOOM_OUT)
+    plain = A.apply(x, [d])
+    assert torch.equal(A.apply(x, [d], torch.zeros(3)), plain)
+    white = A.apply(x, [d], torch.full((3,), 255.0))
+    assert not torch.equal(white, plain)
+    assert torch.allclose(white[..., 6:10, 6:10], plain[..., 6:10, 6:10], atol=1e-3)
+    assert float(white.amin()) >= 0.0 and float(white.amax()) <= 255.0
+    z = (x / 2).requires_grad_(True)
+    A.apply(z, [d], torch.full((3,), 127.0)).sum().backward()
+    assert z.grad is not None and float(z.grad.abs().sum()) > 0
+
+
+def test_engine_zero_fill_same_bytes_batched_equals_one_by_one(option_check: OptionCheck) -> None:
+    """The step views filled with the model's zero: another picture than with black, the same
+    bytes batched and one by one, and the target probability up."""
+    option_check.run({"fill": "zero"}, {"fill": "black"}, section="augment")

@@ -1,8 +1,9 @@
 """Per-step random transformations ("transformation robustness", as in Lucid / Lucent).
 
 At every optimization step each image is seen under ``views`` random transformations: an integer
-jitter (shift with black fill), then a rotation and a zoom about the center (bilinear, black
-fill, as in ``transforms.warp``); optionally a zoomed-in view moves off the center (a random crop,
+jitter (shift), then a rotation and a zoom about the center (bilinear, as in ``transforms.warp``),
+what comes in from outside the image black or, with ``fill``, another color (the model's zero);
+optionally a zoomed-in view moves off the center (a random crop,
 as MACO's) and Gaussian noise is added. The parameters are drawn (``draw``) apart from being applied
 (``apply``), from a seeded CPU ``torch.Generator`` that belongs to one image, so that a batch gives
 the same draws as running its images one by one, on every device.
@@ -89,12 +90,25 @@ def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return p[..., top : top + h, left : left + w]
 
 
-def apply(x: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
+def apply(x: torch.Tensor, draws: list[Draw], fill: torch.Tensor | None = None) -> torch.Tensor:
     """Every image under its own views: x (N, 3, H, W), one ``Draw`` of V views per image ->
     (N * V, 3, S, S), image-major, S = round(H × the draws' ``view_scale``); differentiable with
     respect to ``x``.
+
+    ``fill`` (3,), pixel values: the color of what comes in from outside the image (default
+    black). The views are those of ``x - fill`` with black fill, plus ``fill``.
     """
     check_images(x)
+    if fill is not None:
+        f = to_device(fill, x.device).to(x.dtype).view(1, -1, 1, 1)
+        return _apply(x - f, draws, -f, 255.0 - f) + f
+    return _apply(x, draws, 0.0, 255.0)
+
+
+def _apply(
+    x: torch.Tensor, draws: list[Draw], lo: float | torch.Tensor, hi: float | torch.Tensor
+) -> torch.Tensor:
+    """``apply`` with black fill and the views clipped to ``lo`` .. ``hi``."""
     if len(draws) != x.shape[0]:
         raise ValueError(f"expected one draw per image ({x.shape[0]}), got {len(draws)}")
     if not draws:
@@ -102,7 +116,7 @@ def apply(x: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
     v = draws[0].angles.shape[0]
     size = round(int(x.shape[-1]) * draws[0].view_scale)
     if x.is_cuda and (draws[0].offsets is not None or size != x.shape[-1]):
-        views = _jitter_and_crop(x, draws, size)  # one sampling: no pass per view on the host
+        views = _jitter_and_crop(x, draws, size).clamp(lo, hi)  # one sampling: no host pass
         return _add_noise(views, draws)
     out = []
     for i, d in enumerate(draws):
@@ -112,8 +126,8 @@ def apply(x: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
     jittered = torch.cat(out)
     angles = torch.cat([d.angles for d in draws])  # CPU: decided here, moved by warp
     scales = torch.cat([d.scales for d in draws])
-    if draws[0].offsets is not None or size != x.shape[-1]:
-        views = crop(jittered, angles, scales, _offsets(draws), size)
+    if draws[0].offsets is not None or size != x.shape[-1] or isinstance(lo, torch.Tensor):
+        views = _sample(jittered, angles, scales, _offsets(draws), size).clamp(lo, hi)
     elif bool((angles == 0).all()) and bool((scales == 1).all()):
         views = jittered
     else:
@@ -130,15 +144,14 @@ def _offsets(draws: list[Draw]) -> torch.Tensor:
 
 def _jitter_and_crop(x: torch.Tensor, draws: list[Draw], size: int) -> torch.Tensor:
     """``crop`` of the jittered views as ``apply`` makes them, in one sampling of all of them
-    (the GPU's way: no pass per view on the host; the same values to float rounding)."""
+    (the GPU's way: no pass per view on the host; the same values to float rounding), unclipped."""
     v = draws[0].angles.shape[0]
     angles = torch.cat([d.angles for d in draws])
     scales = torch.cat([d.scales for d in draws])
     theta = _theta(angles, scales, _offsets(draws), x)
     shifts = to_device(torch.cat([d.shifts for d in draws]), x.device)
     grid = F.affine_grid(theta, [theta.shape[0], x.shape[1], size, size], align_corners=False)
-    views = determinism.sample_bilinear(x.repeat_interleave(v, dim=0), grid, shifts)
-    return views.clamp(0.0, 255.0)
+    return determinism.sample_bilinear(x.repeat_interleave(v, dim=0), grid, shifts)
 
 
 def _add_noise(views: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
@@ -167,10 +180,21 @@ def crop(
     Bilinear, black fill outside the image, clipped to 0..255; differentiable.
     """
     check_images(x)
+    return _sample(x, degrees, scales, offsets, size).clamp(0.0, 255.0)
+
+
+def _sample(
+    x: torch.Tensor,
+    degrees: torch.Tensor,
+    scales: torch.Tensor,
+    offsets: torch.Tensor,
+    size: int | None = None,
+) -> torch.Tensor:
+    """``crop`` unclipped."""
     theta = _theta(degrees, scales, offsets, x)
     shape = list(x.shape) if size is None else [x.shape[0], x.shape[1], size, size]
     grid = F.affine_grid(theta, shape, align_corners=False)
-    return determinism.grid_sample(x, grid).clamp(0.0, 255.0)
+    return determinism.grid_sample(x, grid)
 
 
 def _theta(

@@ -550,6 +550,9 @@ def param_round(
     q_after = torch.zeros(b, dtype=torch.float64, device=dev)
     adam = _Adam(data, cfg, lr=lr, clip=param.clip)
     nv = augment.views if augment is not None else 1
+    fill = None  # black
+    if augment is not None and augment.fill == "zero":
+        fill = torch.tensor(model.info.zero, dtype=torch.float32)
     q_target = cfg.q_target
     if augment is not None and augment.q_target is not None:
         q_target = augment.q_target
@@ -606,7 +609,7 @@ def param_round(
                     img = param.render(sub)  # (n, 3, H, W), pixel space
                     rendered = img
                     if augment is not None:
-                        img = A.apply(img, [_views(d, a, k) for d in draws])  # (n*k, 3, H, W)
+                        img = A.apply(img, [_views(d, a, k) for d in draws], fill)  # (n*k,3,H,W)
                     if sd is not None:  # image-major, as A.apply orders the views
                         keep = torch.cat([kp[:, a : a + k] for kp in keeps], dim=1)
                         sd.keep = to_device(keep, dev)
