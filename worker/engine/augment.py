@@ -101,14 +101,19 @@ def apply(x: torch.Tensor, draws: list[Draw], fill: torch.Tensor | None = None) 
     check_images(x)
     if fill is not None:
         f = to_device(fill, x.device).to(x.dtype).view(1, -1, 1, 1)
-        return _apply(x - f, draws, -f, 255.0 - f) + f
-    return _apply(x, draws, 0.0, 255.0)
+        return _apply(x - f, draws, f) + f
+    return _apply(x, draws, None)
 
 
-def _apply(
-    x: torch.Tensor, draws: list[Draw], lo: float | torch.Tensor, hi: float | torch.Tensor
-) -> torch.Tensor:
-    """``apply`` with black fill and the views clipped to ``lo`` .. ``hi``."""
+def _clip(views: torch.Tensor, fill: torch.Tensor | None) -> torch.Tensor:
+    """Views of ``x - fill`` clipped to ``-fill .. 255 - fill`` (``fill`` None: 0..255)."""
+    if fill is None:
+        return views.clamp(0.0, 255.0)
+    return views.clamp(min=-fill, max=255.0 - fill)
+
+
+def _apply(x: torch.Tensor, draws: list[Draw], fill: torch.Tensor | None) -> torch.Tensor:
+    """``apply`` of ``x``, the picture minus ``fill`` (None: black), with black fill."""
     if len(draws) != x.shape[0]:
         raise ValueError(f"expected one draw per image ({x.shape[0]}), got {len(draws)}")
     if not draws:
@@ -116,7 +121,7 @@ def _apply(
     v = draws[0].angles.shape[0]
     size = round(int(x.shape[-1]) * draws[0].view_scale)
     if x.is_cuda and (draws[0].offsets is not None or size != x.shape[-1]):
-        views = _jitter_and_crop(x, draws, size).clamp(lo, hi)  # one sampling: no host pass
+        views = _clip(_jitter_and_crop(x, draws, size), fill)  # one sampling: no host pass
         return _add_noise(views, draws)
     out = []
     for i, d in enumerate(draws):
@@ -126,8 +131,8 @@ def _apply(
     jittered = torch.cat(out)
     angles = torch.cat([d.angles for d in draws])  # CPU: decided here, moved by warp
     scales = torch.cat([d.scales for d in draws])
-    if draws[0].offsets is not None or size != x.shape[-1] or isinstance(lo, torch.Tensor):
-        views = _sample(jittered, angles, scales, _offsets(draws), size).clamp(lo, hi)
+    if draws[0].offsets is not None or size != x.shape[-1] or fill is not None:
+        views = _clip(_sample(jittered, angles, scales, _offsets(draws), size), fill)
     elif bool((angles == 0).all()) and bool((scales == 1).all()):
         views = jittered
     else:
