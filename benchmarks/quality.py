@@ -12,9 +12,10 @@ check its choice, ``extra1`` to ``extra4`` four more drawn in the fifth session,
 measured on 96 classes (a class may come up in more than one draw), and ``extra5`` and
 ``extra6`` drawn in the seventh session and never tuned on: they check the sixth session's
 choice on 24 classes it never saw; ``extra7`` to ``extra11`` were drawn in the tenth to twelfth
-sessions, ``extra12`` to ``extra15`` in the fourteenth and ``extra16``, ``extra17`` in the
-fifteenth, each first run with a new choice. For every class and method, one visualization
-from black (one target at a time), then on the saved 8-bit PNG decoded again:
+sessions, ``extra12`` to ``extra15`` in the fourteenth, ``extra16``, ``extra17`` in the
+fifteenth and ``extra18`` to ``extra21`` in the sixteenth, each first run with a new choice. For
+every class and method, one visualization from black (one target at a time), then on the saved
+8-bit PNG decoded again:
 
 - ``lite0_views``: lite0's target probability under the quality report's 16 seeded random views
   (rotation 0-360°, scale 0.8-1.2, ``RandomViews()`` defaults), mean over the views;
@@ -34,7 +35,8 @@ from black (one target at a time), then on the saved 8-bit PNG decoded again:
 The methods: ``old`` is the ``invariant+`` preset before issue 12 (kept here as ``OLD_PRESET``),
 ``prev`` the one its second pass chose (``PREV_PRESET``), ``sgm`` the fifth session's (the same
 with skip gradients, ``SGM_PRESET``), ``ninth`` the ninth session's (``NINTH_PRESET``),
-``thirteenth`` the thirteenth session's (``THIRTEENTH_PRESET``), ``new`` is
+``thirteenth`` the thirteenth session's (``THIRTEENTH_PRESET``), ``fifteenth`` the fourteenth
+and fifteenth sessions' (``FIFTEENTH_PRESET``), ``new`` is
 ``OptimizeSpec(method="invariant+")`` as it is now; ``lucent`` is Lucent's default class
 visualization (the baseline of issue 12's table: torch-lucent's own parameterization and
 transforms, 512 steps; ``measure_lucent``; it needs ``pip install --no-deps torch-lucent==0.1.8
@@ -94,6 +96,10 @@ DRAWS = {
     "extra15": 18918,
     "extra16": 20019,
     "extra17": 21120,
+    "extra18": 22221,
+    "extra19": 23322,
+    "extra20": 24423,
+    "extra21": 25524,
 }
 """Seeds of the class draws: ``sorted(random.Random(seed).sample(range(1000), 12))``."""
 DRAWN = {
@@ -118,6 +124,10 @@ DRAWN = {
     "extra15": [54, 120, 125, 138, 144, 241, 366, 448, 533, 618, 805, 996],
     "extra16": [48, 55, 263, 280, 498, 525, 553, 614, 881, 949, 971, 986],
     "extra17": [11, 24, 49, 172, 218, 357, 366, 382, 474, 803, 906, 969],
+    "extra18": [42, 172, 314, 360, 407, 478, 482, 504, 520, 825, 971, 973],
+    "extra19": [73, 91, 205, 226, 275, 413, 549, 673, 803, 919, 948, 986],
+    "extra20": [81, 82, 211, 226, 294, 426, 457, 481, 565, 738, 746, 831],
+    "extra21": [27, 28, 29, 165, 235, 446, 490, 609, 719, 869, 900, 914],
 }
 """The classes those seeds give (checked at start), kept so the draw never changes silently."""
 CLASSES_PER_DRAW = 12
@@ -200,20 +210,31 @@ SGM_PRESET: dict[str, Any] = {
     "optimizer": {**PREV_PRESET["optimizer"], "skip_gradient": 0.5},
 }
 """``invariant+`` as the fifth session left it: ``PREV_PRESET`` with skip gradients of 0.5."""
+FIFTEENTH_VIEWS: dict[str, Any] = {"views": 4, "view_scale": 0.786, "fill": "black"}
+"""The step views of ``invariant+`` up to the fifteenth session: four of 176 px, black fill."""
 NINTH_PRESET: dict[str, Any] = {
     "method": "invariant+",
     "optimizer": {"max_steps_per_round": 30},
-    "augment": {"q_target": 0.999999},
+    "augment": {**FIFTEENTH_VIEWS, "q_target": 0.999999},
 }
 """``invariant+`` as the ninth session left it: rounds of 30 steps under views that end once the
-views' mean target probability passes 0.999999 (the rest as now)."""
+views' mean target probability passes 0.999999 (the rest as the fifteenth session's)."""
 
 THIRTEENTH_PRESET: dict[str, Any] = {
     "method": "invariant+",
     "optimizer": {"max_steps_per_round": 22, "bn_prior": 0.001, "bn_prior_every": 1},
+    "augment": FIFTEENTH_VIEWS,
 }
 """``invariant+`` as the thirteenth session left it: rounds of 22 steps, the BatchNorm prior
-0.001 on all of the model's BatchNorm layers (the rest as now)."""
+0.001 on all of the model's BatchNorm layers (the rest as the fifteenth session's)."""
+
+FIFTEENTH_PRESET: dict[str, Any] = {
+    "method": "invariant+",
+    "optimizer": {"max_steps_per_round": 28},
+    "augment": FIFTEENTH_VIEWS,
+}
+"""``invariant+`` as the fourteenth and fifteenth sessions left it: rounds of 28 steps, four
+views of 176 px per step with black fill (the rest as now)."""
 
 
 def _load() -> list[float] | None:
@@ -523,6 +544,7 @@ def main() -> None:
         "sgm": OptimizeSpec.model_validate(SGM_PRESET),
         "ninth": OptimizeSpec.model_validate(NINTH_PRESET),
         "thirteenth": OptimizeSpec.model_validate(THIRTEENTH_PRESET),
+        "fifteenth": OptimizeSpec.model_validate(FIFTEENTH_PRESET),
         "new": OptimizeSpec(method="invariant+"),
     }
     for v in args.variant:
