@@ -70,9 +70,10 @@ def test_the_map_does_not_depend_on_how_views_are_split_into_passes(tiny: Loaded
     """The map is the |gradient| of each step's objective (the mean over the views), whether
     the views go through the model in one pass or several (a smaller memory budget)."""
     spec = OptimizeSpec(method="invariant+")
-    small = O.Runtime(pass_memory_mb=1)
-    assert O.plan_passes(tiny, small, 32, 1, spec.augment.views, grad=True).views < 4
-    assert O.plan_passes(tiny, O.Runtime(), 32, 1, spec.augment.views, grad=True).views == 4
+    small, nv = O.Runtime(pass_memory_mb=1), spec.augment.views
+    assert nv > 1
+    assert O.plan_passes(tiny, small, 32, 1, nv, grad=True).views < nv
+    assert O.plan_passes(tiny, O.Runtime(), 32, 1, nv, grad=True).views == nv
     x, tg = flat_gray([128], 32), torch.tensor([SOCCER])
     one = O.visualize(tiny, x, tg, spec, transparency=True)[0]
     several = O.visualize(tiny, x, tg, spec, transparency=True, runtime=small)[0]
