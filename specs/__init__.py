@@ -372,8 +372,9 @@ PRESETS: dict[str, dict[str, object]] = {
     # (gray 127 for lite0, which the model sees as nothing) instead of black, and three views of
     # 0.9 of the side (202 px) instead of four of 0.786 (the same pixels): over four known draws
     # (47 classes) the fill alone +0.036 +- 0.020 on the judge at identity, the three larger
-    # views over it +0.032 +- 0.020; both over the preset before on two new draws +0.047 +-
-    # 0.034 (24 classes) at the same time per class. Five views of 0.7 (black fill): -0.077;
+    # views over it +0.032 +- 0.020; both over the preset before on four new draws +0.047 +-
+    # 0.034 and +0.072 +- 0.025 (24 classes each), on all 125 paired classes +0.060 +- 0.014,
+    # at the same time per class. Five views of 0.7 (black fill): -0.077;
     # two full-size views in rounds of 32 (zero fill): as good at identity, but the judge's top 5
     # over the views 0.946 against 0.993.
     "invariant+": {
