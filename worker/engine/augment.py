@@ -132,7 +132,7 @@ def _apply(x: torch.Tensor, draws: list[Draw], fill: torch.Tensor | None) -> tor
     angles = torch.cat([d.angles for d in draws])  # CPU: decided here, moved by warp
     scales = torch.cat([d.scales for d in draws])
     if draws[0].offsets is not None or size != x.shape[-1] or fill is not None:
-        views = _clip(_sample(jittered, angles, scales, _offsets(draws), size), fill)
+        views = crop(jittered, angles, scales, _offsets(draws), size, fill=fill)
     elif bool((angles == 0).all()) and bool((scales == 1).all()):
         views = jittered
     else:
@@ -177,29 +177,22 @@ def crop(
     scales: torch.Tensor,
     offsets: torch.Tensor,
     size: int | None = None,
+    *,
+    fill: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rotate and zoom each image of ``x`` (N, 3, H, W) about the point ``offsets`` (N, 2),
     (x, y) in normalized coordinates: the view centered there, resampled to ``size`` × ``size``
     pixels (default: H × W). A zoom s shows ``H / s`` pixels of the image on ``size`` pixels.
 
-    Bilinear, black fill outside the image, clipped to 0..255; differentiable.
+    Bilinear, black fill outside the image, clipped to 0..255; differentiable. With ``fill``
+    (1, 3, 1, 1), ``x`` is a picture minus ``fill`` (``apply``'s way to fill with a color) and
+    the views are clipped to ``-fill .. 255 - fill``.
     """
     check_images(x)
-    return _sample(x, degrees, scales, offsets, size).clamp(0.0, 255.0)
-
-
-def _sample(
-    x: torch.Tensor,
-    degrees: torch.Tensor,
-    scales: torch.Tensor,
-    offsets: torch.Tensor,
-    size: int | None = None,
-) -> torch.Tensor:
-    """``crop`` unclipped."""
     theta = _theta(degrees, scales, offsets, x)
     shape = list(x.shape) if size is None else [x.shape[0], x.shape[1], size, size]
     grid = F.affine_grid(theta, shape, align_corners=False)
-    return determinism.grid_sample(x, grid)
+    return _clip(determinism.grid_sample(x, grid), fill)
 
 
 def _theta(

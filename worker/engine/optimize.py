@@ -550,9 +550,9 @@ def param_round(
     q_after = torch.zeros(b, dtype=torch.float64, device=dev)
     adam = _Adam(data, cfg, lr=lr, clip=param.clip)
     nv = augment.views if augment is not None else 1
-    fill = None  # black
+    fill = None  # black; else made once, on the device, for every pass of the round
     if augment is not None and augment.fill == "zero":
-        fill = torch.tensor(model.info.zero, dtype=torch.float32)
+        fill = torch.tensor(model.info.zero, dtype=torch.float32, device=dev)
     q_target = cfg.q_target
     if augment is not None and augment.q_target is not None:
         q_target = augment.q_target
